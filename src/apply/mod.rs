@@ -1,0 +1,14 @@
+//! Decoded pgoutput messages to typed change events.
+//!
+//! Owns the relation cache, the mapping of type OIDs to JSON values, unchanged
+//! TOAST handling and event numbering (Begin already carries the commit LSN, so
+//! every event gets its final id as soon as it is decoded). Pure: no sockets,
+//! no Redis, no subscribers.
+
+mod relations;
+mod txn;
+mod values;
+
+pub use relations::{Relation, RelationCache, RelationColumnInfo};
+pub use txn::{Applier, ApplyError, TxnInfo};
+pub use values::{text_to_datum, type_oid};

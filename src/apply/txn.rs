@@ -1,0 +1,469 @@
+//! Assembling one transaction's messages into numbered change events.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::relations::{Relation, RelationCache};
+use super::values::text_to_datum;
+use crate::decode::{OldTuple, OldTupleKind, PgOutputMessage, TupleValue};
+use crate::model::{ChangeBody, ChangeEvent, Datum, EventId, Lsn, Op, RowImage};
+
+/// The transaction being applied: Begin gives its commit LSN up front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnInfo {
+    pub commit_lsn: Lsn,
+    pub xid: u32,
+    pub commit_ts_micros: i64,
+    /// Events numbered so far (the next event's index).
+    pub event_count: u32,
+}
+
+/// Why a decoded message cannot be applied. Each one means the stream and our
+/// state disagree; the tenant reconnects and Postgres resends from the slot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("change for relation {id} arrived before its Relation message")]
+    UnknownRelation { id: u32 },
+    #[error("{table}: the change has {found} columns but its Relation message lists {expected}")]
+    ColumnCount {
+        table: String,
+        expected: usize,
+        found: usize,
+    },
+    #[error("{message} message outside a transaction")]
+    OutsideTransaction { message: &'static str },
+    #[error("{table}.{column}: binary value received, but binary mode was not requested")]
+    UnexpectedBinary { table: String, column: String },
+    #[error("{table}.{column}: value is not valid UTF-8")]
+    InvalidUtf8 { table: String, column: String },
+}
+
+/// Turns one tenant's decoded stream into change events.
+#[derive(Debug)]
+pub struct Applier {
+    tenant: Arc<str>,
+    relations: RelationCache,
+    txn: Option<TxnInfo>,
+}
+
+impl Applier {
+    pub fn new(tenant: Arc<str>) -> Self {
+        Applier {
+            tenant,
+            relations: RelationCache::default(),
+            txn: None,
+        }
+    }
+
+    /// A new replication session: Postgres resends every Relation, and a
+    /// transaction cut off by the old session will be sent again whole.
+    pub fn reset(&mut self) {
+        self.relations.clear();
+        self.txn = None;
+    }
+
+    pub fn in_transaction(&self) -> Option<&TxnInfo> {
+        self.txn.as_ref()
+    }
+
+    pub fn begin(&mut self, final_lsn: Lsn, xid: u32, commit_ts_micros: i64) {
+        self.txn = Some(TxnInfo {
+            commit_lsn: final_lsn,
+            xid,
+            commit_ts_micros,
+            event_count: 0,
+        });
+    }
+
+    /// Ends the transaction, returning what it was.
+    pub fn commit(&mut self) -> Result<TxnInfo, ApplyError> {
+        self.txn
+            .take()
+            .ok_or(ApplyError::OutsideTransaction { message: "Commit" })
+    }
+
+    /// A logical decoding message. Transactional ones are numbered in their
+    /// transaction; others get the id `<message lsn>-0`.
+    pub fn message(
+        &mut self,
+        transactional: bool,
+        lsn: Lsn,
+        prefix: String,
+        content: Bytes,
+    ) -> ChangeEvent {
+        let body = ChangeBody::Message {
+            transactional,
+            prefix,
+            content,
+        };
+        match (transactional, self.txn.as_mut()) {
+            (true, Some(txn)) => {
+                let id = next_id(txn);
+                let (xid, ts) = (txn.xid, txn.commit_ts_micros);
+                ChangeEvent::new(
+                    id,
+                    Arc::clone(&self.tenant),
+                    Some(xid),
+                    Some(ts),
+                    Op::Message,
+                    body,
+                )
+            }
+            _ => ChangeEvent::new(
+                EventId {
+                    commit_lsn: lsn,
+                    index: 0,
+                },
+                Arc::clone(&self.tenant),
+                None,
+                None,
+                Op::Message,
+                body,
+            ),
+        }
+    }
+
+    /// Applies one decoded message, appending the events it makes to `out`.
+    pub fn apply(
+        &mut self,
+        msg: PgOutputMessage,
+        out: &mut Vec<ChangeEvent>,
+    ) -> Result<(), ApplyError> {
+        match msg {
+            PgOutputMessage::Begin {
+                final_lsn,
+                commit_ts,
+                xid,
+            } => self.begin(Lsn(final_lsn), xid, commit_ts),
+            PgOutputMessage::Commit { .. } => {
+                self.commit()?;
+            }
+            PgOutputMessage::Relation(rel) => {
+                self.relations.insert(Relation::from(rel));
+            }
+            // Origin names where a replicated transaction came from; Type
+            // describes a non-built-in type whose values we keep as text.
+            PgOutputMessage::Origin { .. } | PgOutputMessage::Type { .. } => {}
+            PgOutputMessage::Insert { relation_id, new } => {
+                let rel = self.relation(relation_id)?;
+                let (new, unchanged) = row_image(&rel, &new, RowPart::All)?;
+                let key = key_image(&rel, &new);
+                self.push(
+                    out,
+                    Op::Insert,
+                    &rel,
+                    key,
+                    Some(new),
+                    None,
+                    unchanged,
+                    "Insert",
+                )?;
+            }
+            PgOutputMessage::Update {
+                relation_id,
+                old,
+                new,
+            } => {
+                let rel = self.relation(relation_id)?;
+                let (new, unchanged) = row_image(&rel, &new, RowPart::All)?;
+                let key = key_image(&rel, &new);
+                let old = match old {
+                    Some(old) => Some(old_image(&rel, &old)?),
+                    // Without an old tuple the key did not change: the key is
+                    // what we know of the old row.
+                    None => key.clone(),
+                };
+                self.push(
+                    out,
+                    Op::Update,
+                    &rel,
+                    key,
+                    Some(new),
+                    old,
+                    unchanged,
+                    "Update",
+                )?;
+            }
+            PgOutputMessage::Delete { relation_id, old } => {
+                let rel = self.relation(relation_id)?;
+                let old = old_image(&rel, &old)?;
+                let key = key_image(&rel, &old);
+                self.push(
+                    out,
+                    Op::Delete,
+                    &rel,
+                    key,
+                    None,
+                    Some(old),
+                    Vec::new(),
+                    "Delete",
+                )?;
+            }
+            PgOutputMessage::Truncate {
+                cascade,
+                restart_identity,
+                relation_ids,
+            } => {
+                for id in relation_ids {
+                    let rel = self.relation(id)?;
+                    let txn = self.txn.as_mut().ok_or(ApplyError::OutsideTransaction {
+                        message: "Truncate",
+                    })?;
+                    out.push(ChangeEvent::new(
+                        next_id(txn),
+                        Arc::clone(&self.tenant),
+                        Some(txn.xid),
+                        Some(txn.commit_ts_micros),
+                        Op::Truncate,
+                        ChangeBody::Truncate {
+                            table: rel.table.clone(),
+                            cascade,
+                            restart_identity,
+                        },
+                    ));
+                }
+            }
+            PgOutputMessage::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => out.push(self.message(transactional, Lsn(lsn), prefix, content)),
+        }
+        Ok(())
+    }
+
+    fn relation(&self, id: u32) -> Result<Arc<Relation>, ApplyError> {
+        self.relations
+            .get(id)
+            .cloned()
+            .ok_or(ApplyError::UnknownRelation { id })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        out: &mut Vec<ChangeEvent>,
+        op: Op,
+        rel: &Relation,
+        key: Option<RowImage>,
+        new: Option<RowImage>,
+        old: Option<RowImage>,
+        unchanged: Vec<Arc<str>>,
+        message: &'static str,
+    ) -> Result<(), ApplyError> {
+        let txn = self
+            .txn
+            .as_mut()
+            .ok_or(ApplyError::OutsideTransaction { message })?;
+        out.push(ChangeEvent::new(
+            next_id(txn),
+            Arc::clone(&self.tenant),
+            Some(txn.xid),
+            Some(txn.commit_ts_micros),
+            op,
+            ChangeBody::Row {
+                table: rel.table.clone(),
+                key,
+                new,
+                old,
+                unchanged,
+            },
+        ));
+        Ok(())
+    }
+}
+
+fn next_id(txn: &mut TxnInfo) -> EventId {
+    let id = EventId {
+        commit_lsn: txn.commit_lsn,
+        index: txn.event_count,
+    };
+    txn.event_count += 1;
+    id
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum RowPart {
+    All,
+    KeyOnly,
+}
+
+/// Typed values of a tuple, and the columns left out as unchanged TOAST.
+fn row_image(
+    rel: &Relation,
+    values: &[TupleValue],
+    part: RowPart,
+) -> Result<(RowImage, Vec<Arc<str>>), ApplyError> {
+    if values.len() != rel.columns.len() {
+        return Err(ApplyError::ColumnCount {
+            table: rel.table.to_string(),
+            expected: rel.columns.len(),
+            found: values.len(),
+        });
+    }
+    let mut row = Vec::with_capacity(values.len());
+    let mut unchanged = Vec::new();
+    for (column, value) in rel.columns.iter().zip(values) {
+        if part == RowPart::KeyOnly && !column.is_key {
+            continue;
+        }
+        let datum = match value {
+            TupleValue::Null => Datum::Null,
+            TupleValue::UnchangedToast => {
+                unchanged.push(Arc::clone(&column.name));
+                continue;
+            }
+            TupleValue::Text(bytes) => {
+                let text = std::str::from_utf8(bytes).map_err(|_| ApplyError::InvalidUtf8 {
+                    table: rel.table.to_string(),
+                    column: column.name.to_string(),
+                })?;
+                text_to_datum(column.type_oid, text)
+            }
+            TupleValue::Binary(_) => {
+                return Err(ApplyError::UnexpectedBinary {
+                    table: rel.table.to_string(),
+                    column: column.name.to_string(),
+                })
+            }
+        };
+        row.push((Arc::clone(&column.name), datum));
+    }
+    Ok((RowImage(row), unchanged))
+}
+
+fn old_image(rel: &Relation, old: &OldTuple) -> Result<RowImage, ApplyError> {
+    let part = match old.kind {
+        // A key tuple sends the other columns as NULL: leave them out.
+        OldTupleKind::Key => RowPart::KeyOnly,
+        OldTupleKind::Full => RowPart::All,
+    };
+    Ok(row_image(rel, &old.values, part)?.0)
+}
+
+/// The replica-identity columns of a row image (None when the table has none).
+fn key_image(rel: &Relation, row: &RowImage) -> Option<RowImage> {
+    if !rel.has_key() {
+        return None;
+    }
+    let key = rel
+        .columns
+        .iter()
+        .filter(|c| c.is_key)
+        .filter_map(|c| row.get(&c.name).map(|v| (Arc::clone(&c.name), v.clone())))
+        .collect();
+    Some(RowImage(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::decode;
+
+    fn captured(name: &str) -> PgOutputMessage {
+        let text = include_str!("../decode/testdata/captured.hex");
+        let hex = text
+            .lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .and_then(|l| l.split(' ').nth(1))
+            .unwrap_or_else(|| panic!("no captured message {name}"));
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        decode(&Bytes::from(bytes)).unwrap()
+    }
+
+    fn json(event: &ChangeEvent) -> serde_json::Value {
+        serde_json::from_slice(event.encoded()).unwrap()
+    }
+
+    #[test]
+    fn captured_transaction_becomes_typed_numbered_events() {
+        let mut applier = Applier::new(Arc::from("acme"));
+        let mut out = Vec::new();
+        for name in ["begin", "relation_tasks", "insert_tasks", "update_with_key"] {
+            applier.apply(captured(name), &mut out).unwrap();
+        }
+        let txn = applier.commit().unwrap();
+        assert_eq!(txn.commit_lsn, Lsn(0x15454B8));
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            json(&out[0]),
+            serde_json::json!({"id":"22303928-0","tenant":"acme","lsn":"0/15454B8","xid":728,
+              "commit_ts":"2026-11-28T04:45:38.340696Z","schema":"public","table":"tasks","op":"INSERT",
+              "key":{"id":42},
+              "new":{"id":42,"status":"queued","progress":0.4,"meta":{"step":"build"},
+                     "tags":["a","b c",null],"created":"2026-11-28T03:14:02.123456Z","big":null},
+              "old":null})
+        );
+        let second = json(&out[1]);
+        assert_eq!(second["id"], "22303928-1");
+        assert_eq!(second["op"], "UPDATE");
+        assert_eq!(second["key"], serde_json::json!({"id":43}));
+        assert_eq!(second["old"], serde_json::json!({"id":42}));
+    }
+
+    #[test]
+    fn unchanged_toast_is_listed_never_null() {
+        let mut applier = Applier::new(Arc::from("acme"));
+        let mut out = Vec::new();
+        applier.begin(Lsn(1), 1, 0);
+        applier.apply(captured("relation_t2"), &mut out).unwrap();
+        applier
+            .apply(captured("update_unchanged_toast"), &mut out)
+            .unwrap();
+        let event = json(&out[0]);
+        assert_eq!(event["new"], serde_json::json!({"id":1,"m":"bad"}));
+        assert_eq!(event["unchanged"], serde_json::json!(["big"]));
+    }
+
+    #[test]
+    fn full_identity_and_truncate() {
+        let mut applier = Applier::new(Arc::from("acme"));
+        let mut out = Vec::new();
+        applier.begin(Lsn(7), 9, 0);
+        for name in [
+            "relation_tasks",
+            "relation_nokey_full",
+            "update_with_old",
+            "delete_with_old",
+            "truncate_cascade_restart",
+        ] {
+            applier.apply(captured(name), &mut out).unwrap();
+        }
+        let update = json(&out[0]);
+        assert_eq!(update["old"], serde_json::json!({"a":1,"b":"x"}));
+        assert_eq!(update["new"], serde_json::json!({"a":1,"b":"y"}));
+        let delete = json(&out[1]);
+        assert_eq!(delete["new"], serde_json::Value::Null);
+        assert_eq!(delete["old"], serde_json::json!({"a":1,"b":"y"}));
+        let ids: Vec<String> = out.iter().map(|e| e.id.to_string()).collect();
+        assert_eq!(ids, ["7-0", "7-1", "7-2", "7-3"]);
+        assert_eq!(json(&out[2])["table"], "tasks");
+        assert_eq!(json(&out[3])["table"], "nokey");
+        assert_eq!(
+            json(&out[3])["truncate"],
+            serde_json::json!({"cascade":true,"restart_identity":true})
+        );
+    }
+
+    #[test]
+    fn changes_without_relation_or_transaction_are_errors() {
+        let mut applier = Applier::new(Arc::from("acme"));
+        let mut out = Vec::new();
+        applier.begin(Lsn(7), 9, 0);
+        assert_eq!(
+            applier.apply(captured("insert_tasks"), &mut out),
+            Err(ApplyError::UnknownRelation { id: 16384 })
+        );
+        applier.reset();
+        applier.apply(captured("relation_tasks"), &mut out).unwrap();
+        assert!(matches!(
+            applier.apply(captured("insert_tasks"), &mut out),
+            Err(ApplyError::OutsideTransaction { .. })
+        ));
+    }
+}

@@ -1,0 +1,214 @@
+//! `ChangeEvent`: one row change (or truncate, or logical message) of one
+//! tenant, with its stable id and its JSON encoding made once.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{encode_event, Lsn};
+
+/// The stable id of an event: `<commit_lsn as u64>-<index in txn>`, a valid
+/// Redis stream id, strictly increasing per tenant in commit order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId {
+    pub commit_lsn: Lsn,
+    pub index: u32,
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.commit_lsn.0, self.index)
+    }
+}
+
+/// Why a text is not an event id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid event id {0:?}: expected <commit lsn as a decimal number>-<index>, like 23803720-0"
+)]
+pub struct ParseEventIdError(pub String);
+
+impl FromStr for EventId {
+    type Err = ParseEventIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseEventIdError(s.to_string());
+        let (lsn, index) = s.split_once('-').ok_or_else(err)?;
+        Ok(EventId {
+            commit_lsn: Lsn(lsn.parse().map_err(|_| err())?),
+            index: index.parse().map_err(|_| err())?,
+        })
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    /// A logical decoding message (`pg_logical_emit_message`).
+    Message,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "INSERT",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+            Op::Truncate => "TRUNCATE",
+            Op::Message => "MESSAGE",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A schema-qualified table name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: Arc<str>,
+    pub name: Arc<str>,
+}
+
+impl TableName {
+    pub fn new(schema: &str, name: &str) -> Self {
+        TableName {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// A typed column value, as it appears in the event JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Datum {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// A finite float; NaN and infinities are `Text` (JSON has no such numbers).
+    Float(f64),
+    Text(String),
+    /// Text that is already valid JSON (json, jsonb), embedded as it is.
+    Json(String),
+    Array(Vec<Datum>),
+}
+
+/// Column values of one row version, in table column order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RowImage(pub Vec<(Arc<str>, Datum)>);
+
+impl RowImage {
+    pub fn get(&self, column: &str) -> Option<&Datum> {
+        self.0.iter().find(|(c, _)| &**c == column).map(|(_, v)| v)
+    }
+}
+
+/// The event-specific part of a change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeBody {
+    Row {
+        table: TableName,
+        /// The replica-identity columns of the row (None when the table has none).
+        key: Option<RowImage>,
+        new: Option<RowImage>,
+        old: Option<RowImage>,
+        /// Columns whose TOASTed value did not change and was not sent.
+        unchanged: Vec<Arc<str>>,
+    },
+    Truncate {
+        table: TableName,
+        cascade: bool,
+        restart_identity: bool,
+    },
+    Message {
+        transactional: bool,
+        prefix: String,
+        content: Bytes,
+    },
+}
+
+/// One change of one tenant, with its JSON encoding made once and shared by
+/// every consumer.
+#[derive(Debug, Clone)]
+pub struct ChangeEvent {
+    pub id: EventId,
+    pub tenant: Arc<str>,
+    pub xid: Option<u32>,
+    pub commit_ts_micros: Option<i64>,
+    pub op: Op,
+    pub body: ChangeBody,
+    encoded: Bytes,
+}
+
+impl ChangeEvent {
+    pub fn new(
+        id: EventId,
+        tenant: Arc<str>,
+        xid: Option<u32>,
+        commit_ts_micros: Option<i64>,
+        op: Op,
+        body: ChangeBody,
+    ) -> Self {
+        let mut event = ChangeEvent {
+            id,
+            tenant,
+            xid,
+            commit_ts_micros,
+            op,
+            body,
+            encoded: Bytes::new(),
+        };
+        event.encoded = encode_event(&event);
+        event
+    }
+
+    /// The event as one JSON object (no trailing newline).
+    pub fn encoded(&self) -> &Bytes {
+        &self.encoded
+    }
+
+    /// The table the change is about, if any (messages have none).
+    pub fn table(&self) -> Option<&TableName> {
+        match &self.body {
+            ChangeBody::Row { table, .. } | ChangeBody::Truncate { table, .. } => Some(table),
+            ChangeBody::Message { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_id_text_round_trips_and_orders() {
+        let id = EventId {
+            commit_lsn: Lsn(23_803_720),
+            index: 0,
+        };
+        assert_eq!(id.to_string(), "23803720-0");
+        assert_eq!("23803720-0".parse::<EventId>(), Ok(id));
+        let later = EventId {
+            commit_lsn: Lsn(23_803_720),
+            index: 1,
+        };
+        assert!(later > id);
+        assert!("abc-1".parse::<EventId>().is_err());
+        assert!("12".parse::<EventId>().is_err());
+    }
+}

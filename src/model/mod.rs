@@ -1,0 +1,14 @@
+//! Plain data shared by every stage: LSNs, event ids, change events and their
+//! wire encoding. A leaf module: it depends on no other walcast module.
+
+mod event;
+mod lsn;
+mod time;
+mod wire;
+
+pub use event::{
+    ChangeBody, ChangeEvent, Datum, EventId, Op, ParseEventIdError, RowImage, TableName,
+};
+pub use lsn::{Lsn, ParseLsnError};
+pub use time::format_pg_timestamp;
+pub use wire::encode_event;
