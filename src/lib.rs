@@ -1,4 +1,35 @@
-//! walcast streams Postgres changes to the programs and people that need them.
+//! walcast streams committed Postgres changes to the programs and people that
+//! need them. For every tenant it reads a pgoutput logical replication slot,
+//! decodes the changes into typed JSON events and hands them to a sink,
+//! confirming each transaction to Postgres only once the sink has it.
+//!
+//! ```text
+//!  tenant Postgres ──pgoutput slot──▶ source ──▶ decode ──▶ apply ──▶ sink ──▶ confirm(end_lsn)
+//!   (regular conn: setup, checks)   (pgwire-     (pure,     (typed     (stdout now;
+//!                                    replication) no I/O)    JSON)     Redis, hub later)
+//! ```
+//!
+//! One task per tenant (`tenant`) runs source → decode → apply → sink; decode
+//! and apply are pure and run in that task. Modules, in the order data moves:
+//!
+//! - `cli`, `config`: arguments and the validated TOML configuration;
+//! - `source`: the tenant's Postgres (setup, checks, replication session);
+//! - `decode`: pgoutput bytes → messages;
+//! - `apply`: messages → numbered, typed `ChangeEvent`s, encoded once;
+//! - `model`: plain data (`Lsn`, `EventId`, `ChangeEvent`);
+//! - `sink`: where events go (standard output for now);
+//! - `tenant`: the per-tenant supervisor with back-off;
+//! - `app`, `commands`: wiring of `run`/`tail`, and `check`/`setup`;
+//! - `localdev`: throwaway local Postgres clusters and redis-servers (tests).
+
+pub mod app;
 pub mod apply;
+pub mod cli;
+pub mod commands;
+pub mod config;
 pub mod decode;
+pub mod localdev;
 pub mod model;
+pub mod sink;
+pub mod source;
+pub mod tenant;

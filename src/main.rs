@@ -1,1 +1,64 @@
-fn main() {}
+//! The `walcast` binary: parse arguments, load config, run, print any error
+//! chain once, exit non-zero on failure.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use walcast::cli::{Cli, Command, LogFormat};
+use walcast::{app, commands, config};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("walcast: could not start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match run(cli).await {
+            Ok(code) => code,
+            Err(err) => {
+                eprintln!("walcast: {}", walcast::tenant::error_chain(&*err));
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let config = config::load(&cli.config)?;
+    let root = CancellationToken::new();
+    match cli.command {
+        Command::Run => app::run(config, root).await?,
+        Command::Tail {
+            tenant,
+            tables,
+            temporary_slot,
+        } => app::tail(config, &tenant, &tables, temporary_slot, root).await?,
+        Command::Check { tenant } => return Ok(commands::check(&config, tenant.as_deref()).await?),
+        Command::Setup { dry_run, tenant } => {
+            return Ok(commands::setup(&config, tenant.as_deref(), dry_run).await?)
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WALCAST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,168 @@
+//! Wiring: the root cancellation token, one task per tenant, signals, and the
+//! shutdown deadline.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, TenantConfig};
+use crate::sink::{EventSink, StdoutSink};
+use crate::source::SlotKind;
+use crate::tenant::{run_tenant, PipelineError, PipelineOptions, TenantState};
+
+/// Why the daemon or tail stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("no tenant {0:?} in the config; tenants: {1}")]
+    UnknownTenant(String, String),
+    #[error("--table {0:?} is not listed in tenant {1}'s tables ({2}); add it to the config or pick one of those")]
+    UnknownTable(String, String, String),
+    #[error("the config has no [[tenants]]; add one (see config.example.toml)")]
+    NoTenants,
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("could not listen for signals")]
+    Signals(#[source] std::io::Error),
+    #[error(
+        "shutdown took longer than {0:?}; exiting anyway (unconfirmed changes will be sent again)"
+    )]
+    ShutdownTimeout(Duration),
+}
+
+/// Cancels `root` on SIGINT or SIGTERM.
+fn spawn_signal_handler(root: CancellationToken) -> Result<(), AppError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing the transaction in hand, then stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: finishing the transaction in hand, then stopping"),
+        }
+        root.cancel();
+    });
+    Ok(())
+}
+
+/// `walcast run`: every tenant, until a signal (or `root` is cancelled).
+pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError> {
+    if config.tenants.is_empty() {
+        return Err(AppError::NoTenants);
+    }
+    spawn_signal_handler(root.clone())?;
+    let sink: Arc<dyn EventSink> = Arc::new(StdoutSink::default());
+    tracing::info!(
+        tenants = config.tenants.len(),
+        "starting; events go to standard output"
+    );
+    let tracker = TaskTracker::new();
+    for tenant in config.tenants.clone() {
+        let (state_tx, _state_rx) = watch::channel(TenantState::Starting);
+        let cancel = root.child_token();
+        let sink = Arc::clone(&sink);
+        let root_for_fatal = root.clone();
+        tracker.spawn(async move {
+            let id = tenant.id.clone();
+            if let Err(err) = run_tenant(tenant, PipelineOptions::default(), sink, cancel, state_tx).await {
+                tracing::error!(tenant = %id, error = %crate::tenant::error_chain(&err), "tenant stopped");
+                // Only a fatal error (the output is gone) ends run_tenant here.
+                root_for_fatal.cancel();
+            }
+        });
+    }
+    tracker.close();
+    root.cancelled().await;
+    wait_for(&tracker, config.shutdown_timeout).await
+}
+
+/// `walcast tail`: one tenant to standard output.
+pub async fn tail(
+    config: Config,
+    tenant_id: &str,
+    tables: &[String],
+    temporary_slot: bool,
+    root: CancellationToken,
+) -> Result<(), AppError> {
+    let tenant = find_tenant(&config, tenant_id)?.clone();
+    let tables = table_filter(&tenant, tables)?;
+    let slot = if temporary_slot {
+        // Slot names are at most 63 bytes.
+        let mut name = format!("{}_tail_{}", tenant.slot, std::process::id());
+        name.truncate(63);
+        SlotKind::Temporary(name)
+    } else {
+        SlotKind::Permanent
+    };
+    let options = PipelineOptions {
+        slot,
+        tables,
+        create_missing: !temporary_slot,
+        give_up_on_definite: true,
+    };
+    spawn_signal_handler(root.clone())?;
+    let (state_tx, _state_rx) = watch::channel(TenantState::Starting);
+    let sink: Arc<dyn EventSink> = Arc::new(StdoutSink::default());
+    let tracker = TaskTracker::new();
+    let cancel = root.child_token();
+    let handle = tracker.spawn(run_tenant(tenant, options, sink, cancel, state_tx));
+    tracker.close();
+    tokio::select! {
+        // The tenant gave up (or stopped): report why.
+        result = handle => {
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(PipelineError::Sink { source: crate::sink::SinkError::Closed, .. })) => Ok(()),
+                Ok(Err(err)) => Err(err.into()),
+                Err(join) => panic!("tail task panicked: {join}"),
+            };
+        }
+        // Ctrl-C: let it finish its transaction and close.
+        _ = root.cancelled() => {}
+    }
+    wait_for(&tracker, config.shutdown_timeout).await
+}
+
+async fn wait_for(tracker: &TaskTracker, deadline: Duration) -> Result<(), AppError> {
+    match tokio::time::timeout(deadline, tracker.wait()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Err(_) => Err(AppError::ShutdownTimeout(deadline)),
+    }
+}
+
+pub fn find_tenant<'a>(config: &'a Config, id: &str) -> Result<&'a TenantConfig, AppError> {
+    config.tenant(id).ok_or_else(|| {
+        let ids: Vec<&str> = config.tenants.iter().map(|t| t.id.as_str()).collect();
+        AppError::UnknownTenant(id.to_owned(), ids.join(", "))
+    })
+}
+
+fn table_filter(
+    tenant: &TenantConfig,
+    tables: &[String],
+) -> Result<Option<HashSet<crate::model::TableName>>, AppError> {
+    if tables.is_empty() {
+        return Ok(None);
+    }
+    let mut set = HashSet::new();
+    for text in tables {
+        let (schema, name) = text.split_once('.').unwrap_or(("public", text));
+        let table = crate::model::TableName::new(schema, name);
+        if !tenant.tables.contains(&table) {
+            let known: Vec<String> = tenant.tables.iter().map(|t| t.to_string()).collect();
+            return Err(AppError::UnknownTable(
+                text.clone(),
+                tenant.id.to_string(),
+                known.join(", "),
+            ));
+        }
+        set.insert(table);
+    }
+    Ok(Some(set))
+}

@@ -1,0 +1,100 @@
+//! The one-shot subcommands `check` and `setup`: reports on standard output.
+
+use std::process::ExitCode;
+
+use crate::app::{find_tenant, AppError};
+use crate::config::{Config, TenantConfig};
+use crate::source::{self, check_tenant, SourceError};
+
+fn selected<'a>(
+    config: &'a Config,
+    tenant: Option<&str>,
+) -> Result<Vec<&'a TenantConfig>, AppError> {
+    match tenant {
+        Some(id) => Ok(vec![find_tenant(config, id)?]),
+        None if config.tenants.is_empty() => Err(AppError::NoTenants),
+        None => Ok(config.tenants.iter().collect()),
+    }
+}
+
+/// `walcast check`: prints a report per tenant; exit 1 when anything blocks.
+pub async fn check(config: &Config, tenant: Option<&str>) -> Result<ExitCode, AppError> {
+    let tenants = selected(config, tenant)?;
+    // Tenants are checked concurrently: one unreachable server does not
+    // delay the others' reports.
+    let handles: Vec<_> = tenants
+        .iter()
+        .map(|t| {
+            let tenant = (*t).clone();
+            tokio::spawn(async move { check_tenant(&tenant).await })
+        })
+        .collect();
+    let mut reports = Vec::with_capacity(handles.len());
+    for handle in handles {
+        reports.push(handle.await.expect("check task panicked"));
+    }
+    let mut blocked = 0;
+    for report in &reports {
+        print!("{report}");
+        if report.blocks() {
+            blocked += 1;
+        }
+    }
+    if blocked == 0 {
+        println!("all {} tenant(s) ready", reports.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "{blocked} of {} tenant(s) cannot stream until the FAIL lines are fixed",
+            reports.len()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `walcast setup`: creates what is missing (or prints it with `--dry-run`).
+pub async fn setup(
+    config: &Config,
+    tenant: Option<&str>,
+    dry_run: bool,
+) -> Result<ExitCode, AppError> {
+    let mut failed = 0;
+    for tenant in selected(config, tenant)? {
+        match setup_one(tenant, dry_run).await {
+            Ok(()) => {}
+            Err(err) => {
+                failed += 1;
+                eprintln!("walcast: {}", crate::tenant::error_chain(&err));
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn setup_one(tenant: &TenantConfig, dry_run: bool) -> Result<(), SourceError> {
+    let client = source::connect(tenant, "walcast setup").await?;
+    let actions = source::setup_sql(&client, tenant).await?;
+    println!("-- tenant {} ({})", tenant.id, tenant.pg);
+    if actions.is_empty() {
+        println!(
+            "-- nothing to do: publication {} and slot {} exist",
+            tenant.publication, tenant.slot
+        );
+        return Ok(());
+    }
+    for action in &actions {
+        println!("-- {}", action.why);
+        println!("{}", action.sql);
+    }
+    if dry_run {
+        return Ok(());
+    }
+    source::ensure_publication(&client, tenant).await?;
+    source::ensure_slot(&client, tenant).await?;
+    println!("-- done");
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The TOML configuration: file → validated `Config`.
+//!
+//! Owns the schema (unknown keys are errors), the defaults, `${VAR}`
+//! interpolation and validation. Every error names the file, line and column,
+//! what is wrong and what to write instead. Never touches the network and
+//! never prints secrets.
+
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use validate::{PgConnInfo, PgHost, SslMode, TenantConfig, TenantId};
+
+/// Where the configuration is read from when neither `--config` nor
+/// `WALCAST_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/walcast/walcast.toml";
+/// How long shutdown may take before walcast exits anyway (keep it below
+/// systemd's `TimeoutStopSec`).
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub tenants: Vec<TenantConfig>,
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    pub fn tenant(&self, id: &str) -> Option<&TenantConfig> {
+        self.tenants.iter().find(|t| t.id.as_str() == id)
+    }
+}
+
+/// A configuration that cannot be used, with where and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read config file {path}: {source}; pass --config FILE or set WALCAST_CONFIG to a readable file (config.example.toml shows every key)")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+/// The file as written (before validation).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub shutdown_timeout_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTenant {
+    pub id: Spanned<String>,
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub slot: Option<Spanned<String>>,
+    #[serde(default)]
+    pub publication: Option<Spanned<String>>,
+    pub tables: Spanned<Vec<Spanned<String>>>,
+}
+
+/// Reads and validates the configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text, &|name| std::env::var(name).ok())
+}
+
+/// Parses and validates configuration text; `env` looks up `${VAR}`s.
+pub fn parse(
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|err| {
+        let offset = err.span().map(|s| s.start).unwrap_or(0);
+        let mut message = err.message().trim_end().replace('\n', " ");
+        if message.starts_with("unknown field") {
+            message.push_str(
+                "; check the spelling against config.example.toml, which lists every key",
+            );
+        } else if message.starts_with("missing field") {
+            message.push_str("; add it (config.example.toml shows an example)");
+        }
+        invalid(path, text, offset, message)
+    })?;
+    validate::validate(path, text, raw, env)
+}
+
+/// An error at byte `offset` of the file.
+pub(crate) fn invalid(path: &Path, text: &str, offset: usize, message: String) -> ConfigError {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::Invalid {
+        path: path.to_owned(),
+        line,
+        column,
+        message,
+    }
+}

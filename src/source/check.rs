@@ -1,0 +1,314 @@
+//! `walcast check`: everything a tenant's database needs for walcast, with the
+//! fix for each problem.
+
+use std::fmt;
+
+use tokio_postgres::Client;
+
+use super::setup::{published_tables, quote_ident, quote_table, slot_exists};
+use super::SourceError;
+use crate::config::TenantConfig;
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckLevel {
+    Ok,
+    /// Works, but not as well as it could (for example no key in events).
+    Warn,
+    /// Streaming cannot work until this is fixed.
+    Fail,
+}
+
+/// One finding, with the fix when it is not ok.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckItem {
+    pub level: CheckLevel,
+    pub what: String,
+    pub fix: Option<String>,
+}
+
+/// The findings for one tenant.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    pub tenant: String,
+    pub target: String,
+    pub items: Vec<CheckItem>,
+}
+
+impl CheckReport {
+    pub fn blocks(&self) -> bool {
+        self.items.iter().any(|i| i.level == CheckLevel::Fail)
+    }
+
+    fn push(&mut self, level: CheckLevel, what: impl Into<String>, fix: Option<String>) {
+        self.items.push(CheckItem {
+            level,
+            what: what.into(),
+            fix,
+        });
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "tenant {} ({})", self.tenant, self.target)?;
+        for item in &self.items {
+            let tag = match item.level {
+                CheckLevel::Ok => "ok  ",
+                CheckLevel::Warn => "WARN",
+                CheckLevel::Fail => "FAIL",
+            };
+            writeln!(f, "  {tag}  {}", item.what)?;
+            if let Some(fix) = &item.fix {
+                writeln!(f, "        fix: {fix}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks one tenant. A connection failure is a report with one failed item,
+/// not an error, so that `check` goes on to the next tenant.
+pub async fn check_tenant(tenant: &TenantConfig) -> CheckReport {
+    let mut report = CheckReport {
+        tenant: tenant.id.to_string(),
+        target: tenant.pg.to_string(),
+        items: Vec::new(),
+    };
+    let client = match super::connect(tenant, "walcast check").await {
+        Ok(client) => client,
+        Err(err) => {
+            report.push(
+                CheckLevel::Fail,
+                format!("cannot connect: {}", error_chain(&err)),
+                Some("check that the server is running and that host, port, user, password and database in the tenant's url are right (and that pg_hba.conf lets this host in)".into()),
+            );
+            return report;
+        }
+    };
+    if let Err(err) = run_checks(&client, tenant, &mut report).await {
+        report.push(
+            CheckLevel::Fail,
+            format!("check stopped: {}", error_chain(&err)),
+            None,
+        );
+    }
+    report
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+async fn run_checks(
+    client: &Client,
+    tenant: &TenantConfig,
+    report: &mut CheckReport,
+) -> Result<(), SourceError> {
+    let q = |what: &'static str| {
+        let id = tenant.id.clone();
+        move |source| SourceError::Query {
+            tenant: id,
+            what: what.into(),
+            source,
+        }
+    };
+    let row = client
+        .query_one(
+            "select current_setting('server_version'), current_setting('wal_level'), current_user::text, \
+             (select rolreplication or rolsuper from pg_roles where rolname = current_user), \
+             current_setting('max_replication_slots')::int, (select count(*)::int from pg_replication_slots), \
+             current_setting('max_wal_senders')::int, (select count(*)::int from pg_stat_replication)",
+            &[],
+        )
+        .await
+        .map_err(q("reading server settings"))?;
+    let version: String = row.get(0);
+    report.push(
+        CheckLevel::Ok,
+        format!("connected (PostgreSQL {version})"),
+        None,
+    );
+
+    let wal_level: String = row.get(1);
+    if wal_level == "logical" {
+        report.push(CheckLevel::Ok, "wal_level is logical", None);
+    } else {
+        report.push(
+            CheckLevel::Fail,
+            format!("wal_level is {wal_level}; logical replication needs logical"),
+            Some("ALTER SYSTEM SET wal_level = logical;  then restart PostgreSQL".into()),
+        );
+    }
+
+    let user: String = row.get(2);
+    if row.get::<_, Option<bool>>(3) == Some(true) {
+        report.push(CheckLevel::Ok, format!("role {user} may replicate"), None);
+    } else {
+        report.push(
+            CheckLevel::Fail,
+            format!("role {user} lacks the REPLICATION attribute"),
+            Some(format!("ALTER ROLE {} REPLICATION;", quote_ident(&user))),
+        );
+    }
+
+    let slot_exists = slot_exists(client, tenant).await?;
+    let (max_slots, used_slots): (i32, i32) = (row.get(4), row.get(5));
+    if slot_exists {
+        report.push(CheckLevel::Ok, format!("slot {} exists", tenant.slot), None);
+    } else if used_slots < max_slots {
+        report.push(
+            CheckLevel::Ok,
+            format!(
+                "slot {} does not exist yet and {} of {max_slots} slots are free (walcast setup or run creates it)",
+                tenant.slot,
+                max_slots - used_slots
+            ),
+            None,
+        );
+    } else {
+        report.push(
+            CheckLevel::Fail,
+            format!("no free replication slot: {used_slots} of {max_slots} in use"),
+            Some(format!(
+                "ALTER SYSTEM SET max_replication_slots = {};  then restart PostgreSQL (or drop an unused slot)",
+                max_slots + 4
+            )),
+        );
+    }
+
+    let (max_senders, used_senders): (i32, i32) = (row.get(6), row.get(7));
+    if used_senders < max_senders {
+        report.push(
+            CheckLevel::Ok,
+            format!(
+                "{} of {max_senders} wal senders free",
+                max_senders - used_senders
+            ),
+            None,
+        );
+    } else {
+        report.push(
+            CheckLevel::Fail,
+            format!("no free wal sender: {used_senders} of {max_senders} in use"),
+            Some(format!(
+                "ALTER SYSTEM SET max_wal_senders = {};  then restart PostgreSQL",
+                max_senders + 4
+            )),
+        );
+    }
+
+    let all_tables = client
+        .query_opt(
+            "select puballtables from pg_publication where pubname = $1",
+            &[&tenant.publication],
+        )
+        .await
+        .map_err(q("reading pg_publication"))?
+        .map(|r| r.get::<_, bool>(0));
+    let tables: Vec<String> = tenant.tables.iter().map(quote_table).collect();
+    match all_tables {
+        None => report.push(
+            CheckLevel::Fail,
+            format!("publication {} does not exist", tenant.publication),
+            Some(format!(
+                "walcast setup  (or by hand: CREATE PUBLICATION {} FOR TABLE {};)",
+                quote_ident(&tenant.publication),
+                tables.join(", ")
+            )),
+        ),
+        Some(all) => {
+            let published = if all {
+                Vec::new()
+            } else {
+                published_tables(client, tenant).await?
+            };
+            let missing: Vec<String> = tenant
+                .tables
+                .iter()
+                .filter(|t| !all && !published.contains(t))
+                .map(quote_table)
+                .collect();
+            if missing.is_empty() {
+                report.push(
+                    CheckLevel::Ok,
+                    format!(
+                        "publication {} covers the {} configured tables",
+                        tenant.publication,
+                        tenant.tables.len()
+                    ),
+                    None,
+                );
+            } else {
+                report.push(
+                    CheckLevel::Fail,
+                    format!(
+                        "publication {} does not cover {}",
+                        tenant.publication,
+                        missing.join(", ")
+                    ),
+                    Some(format!(
+                        "walcast setup  (or by hand: ALTER PUBLICATION {} ADD TABLE {};)",
+                        quote_ident(&tenant.publication),
+                        missing.join(", ")
+                    )),
+                );
+            }
+        }
+    }
+
+    for table in &tenant.tables {
+        let row = client
+            .query_opt(
+                "select c.relreplident::text, \
+                 exists(select 1 from pg_index i where i.indrelid = c.oid and i.indisprimary), \
+                 has_table_privilege(c.oid, 'SELECT') \
+                 from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+                 where n.nspname = $1 and c.relname = $2 and c.relkind in ('r', 'p')",
+                &[&&*table.schema, &&*table.name],
+            )
+            .await
+            .map_err(q("reading pg_class"))?;
+        let name = quote_table(table);
+        let Some(row) = row else {
+            report.push(
+                CheckLevel::Fail,
+                format!("table {table} does not exist"),
+                Some("create it, or remove it from the tenant's tables".into()),
+            );
+            continue;
+        };
+        let (identity, has_pk, can_select): (String, bool, bool) =
+            (row.get(0), row.get(1), row.get(2));
+        match (identity.as_str(), has_pk) {
+            ("d", true) => report.push(CheckLevel::Ok, format!("{table}: replica identity is its primary key"), None),
+            ("d", false) => report.push(
+                CheckLevel::Warn,
+                format!("{table}: replica identity DEFAULT but no primary key: updates and deletes are not streamed (Postgres refuses them once the table is published)"),
+                Some(format!("add a primary key, or ALTER TABLE {name} REPLICA IDENTITY FULL;")),
+            ),
+            ("n", _) => report.push(
+                CheckLevel::Warn,
+                format!("{table}: replica identity NOTHING: updates and deletes are not streamed"),
+                Some(format!("ALTER TABLE {name} REPLICA IDENTITY DEFAULT;  (with a primary key) or REPLICA IDENTITY FULL;")),
+            ),
+            ("f", _) => report.push(CheckLevel::Ok, format!("{table}: replica identity FULL"), None),
+            _ => report.push(CheckLevel::Ok, format!("{table}: replica identity is an index"), None),
+        }
+        if !can_select {
+            report.push(
+                CheckLevel::Warn,
+                format!("{table}: no SELECT privilege (needed for snapshots)"),
+                Some(format!("GRANT SELECT ON {name} TO {};", quote_ident(&user))),
+            );
+        }
+    }
+    Ok(())
+}

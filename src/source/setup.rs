@@ -1,0 +1,226 @@
+//! The regular connection, and idempotent creation of publication and slot.
+
+use tokio_postgres::{Client, NoTls};
+
+use super::SourceError;
+use crate::config::TenantConfig;
+use crate::model::TableName;
+
+/// Opens the tenant's regular connection (its driver runs on its own task).
+pub async fn connect(tenant: &TenantConfig, application_name: &str) -> Result<Client, SourceError> {
+    let (client, connection) = tenant
+        .pg
+        .tokio_config(application_name)
+        .connect(NoTls)
+        .await
+        .map_err(|source| SourceError::Connect {
+            tenant: tenant.id.clone(),
+            target: tenant.pg.to_string(),
+            source,
+        })?;
+    let id = tenant.id.clone();
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(tenant = %id, %error, "setup connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// `"name"` with inner quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `"schema"."table"`.
+pub fn quote_table(table: &TableName) -> String {
+    format!(
+        "{}.{}",
+        quote_ident(&table.schema),
+        quote_ident(&table.name)
+    )
+}
+
+/// One statement `walcast setup` runs (or prints with `--dry-run`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupAction {
+    pub sql: String,
+    pub why: String,
+}
+
+fn query_err(
+    tenant: &TenantConfig,
+    what: &str,
+) -> impl FnOnce(tokio_postgres::Error) -> SourceError {
+    let tenant = tenant.id.clone();
+    let what = what.to_owned();
+    move |source| SourceError::Query {
+        tenant,
+        what,
+        source,
+    }
+}
+
+/// The statements that bring publication and slot to what the config says,
+/// given what exists now. Empty when nothing is missing.
+pub async fn setup_sql(
+    client: &Client,
+    tenant: &TenantConfig,
+) -> Result<Vec<SetupAction>, SourceError> {
+    let mut actions = Vec::new();
+    let publication = client
+        .query_opt(
+            "select puballtables from pg_publication where pubname = $1",
+            &[&tenant.publication],
+        )
+        .await
+        .map_err(query_err(tenant, "reading pg_publication"))?;
+    match publication {
+        None => {
+            let tables: Vec<String> = tenant.tables.iter().map(quote_table).collect();
+            actions.push(SetupAction {
+                sql: format!(
+                    "CREATE PUBLICATION {} FOR TABLE {};",
+                    quote_ident(&tenant.publication),
+                    tables.join(", ")
+                ),
+                why: format!("publication {} does not exist", tenant.publication),
+            });
+        }
+        Some(row) if row.get::<_, bool>(0) => {}
+        Some(_) => {
+            let published = published_tables(client, tenant).await?;
+            let missing: Vec<&TableName> = tenant
+                .tables
+                .iter()
+                .filter(|t| !published.contains(t))
+                .collect();
+            if !missing.is_empty() {
+                let names: Vec<String> = missing.iter().map(|t| quote_table(t)).collect();
+                actions.push(SetupAction {
+                    sql: format!(
+                        "ALTER PUBLICATION {} ADD TABLE {};",
+                        quote_ident(&tenant.publication),
+                        names.join(", ")
+                    ),
+                    why: format!(
+                        "publication {} does not cover {}",
+                        tenant.publication,
+                        names.join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    if !slot_exists(client, tenant).await? {
+        actions.push(SetupAction {
+            sql: format!(
+                "SELECT pg_create_logical_replication_slot('{}', 'pgoutput');",
+                tenant.slot
+            ),
+            why: format!("slot {} does not exist", tenant.slot),
+        });
+    }
+    Ok(actions)
+}
+
+pub(crate) async fn published_tables(
+    client: &Client,
+    tenant: &TenantConfig,
+) -> Result<Vec<TableName>, SourceError> {
+    let rows = client
+        .query(
+            "select schemaname::text, tablename::text from pg_publication_tables where pubname = $1",
+            &[&tenant.publication],
+        )
+        .await
+        .map_err(query_err(tenant, "reading pg_publication_tables"))?;
+    Ok(rows
+        .iter()
+        .map(|r| TableName::new(r.get::<_, &str>(0), r.get::<_, &str>(1)))
+        .collect())
+}
+
+pub(crate) async fn slot_exists(
+    client: &Client,
+    tenant: &TenantConfig,
+) -> Result<bool, SourceError> {
+    Ok(client
+        .query_opt(
+            "select 1 from pg_replication_slots where slot_name = $1",
+            &[&tenant.slot],
+        )
+        .await
+        .map_err(query_err(tenant, "reading pg_replication_slots"))?
+        .is_some())
+}
+
+/// Creates or extends the publication so that it covers the configured tables.
+pub async fn ensure_publication(client: &Client, tenant: &TenantConfig) -> Result<(), SourceError> {
+    for action in setup_sql(client, tenant).await? {
+        if action.sql.contains("PUBLICATION") {
+            client
+                .batch_execute(&action.sql)
+                .await
+                .map_err(|source| setup_failure(tenant, &action, source))?;
+            tracing::info!(tenant = %tenant.id, publication = %tenant.publication, "{}", action.why.replace("does not", "did not"));
+        }
+    }
+    Ok(())
+}
+
+/// Creates the replication slot if it does not exist. Returns whether it was created.
+pub async fn ensure_slot(client: &Client, tenant: &TenantConfig) -> Result<bool, SourceError> {
+    if slot_exists(client, tenant).await? {
+        return Ok(false);
+    }
+    let sql = "select pg_create_logical_replication_slot($1, 'pgoutput')";
+    match client.execute(sql, &[&tenant.slot]).await {
+        Ok(_) => {
+            tracing::info!(tenant = %tenant.id, slot = %tenant.slot, "created replication slot");
+            Ok(true)
+        }
+        // Another walcast (or a concurrent setup) created it first.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => Ok(false),
+        Err(source) => Err(setup_failure(
+            tenant,
+            &SetupAction {
+                sql: format!(
+                    "SELECT pg_create_logical_replication_slot('{}', 'pgoutput');",
+                    tenant.slot
+                ),
+                why: format!("slot {} does not exist", tenant.slot),
+            },
+            source,
+        )),
+    }
+}
+
+fn setup_failure(
+    tenant: &TenantConfig,
+    action: &SetupAction,
+    source: tokio_postgres::Error,
+) -> SourceError {
+    let detail = source
+        .as_db_error()
+        .map(|db| db.message().to_owned())
+        .unwrap_or_else(|| source.to_string());
+    let fix = match source.code() {
+        Some(c) if *c == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => format!(
+            "run it as a role that owns the tables (or a superuser): {}",
+            action.sql
+        ),
+        Some(c) if *c == tokio_postgres::error::SqlState::UNDEFINED_TABLE => {
+            "create the table, or remove it from the tenant's tables".to_string()
+        }
+        Some(c) if *c == tokio_postgres::error::SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE => {
+            "set wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)".to_string()
+        }
+        _ => format!("run `walcast check` for a full report, or run by hand: {}", action.sql),
+    };
+    SourceError::Setup {
+        tenant: tenant.id.clone(),
+        problem: format!("{} and creating it failed: {detail}", action.why),
+        fix,
+    }
+}
