@@ -1,0 +1,234 @@
+//! Shared test harness: a tenant database on a throwaway Postgres cluster,
+//! and the walcast binary run as a child process that tests read like a user
+//! would (JSON lines on stdout, logs on stderr). Everything is stopped and
+//! removed on drop, also when a test panics.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use walcast::localdev::{LocalPostgres, PostgresOptions};
+
+/// How long a test waits for something walcast should do promptly.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A Postgres cluster with a `platform` database holding the example tables.
+pub struct TenantDb {
+    pub pg: LocalPostgres,
+}
+
+pub const TASKS_DDL: &str = "
+create table tasks (
+    id bigint primary key,
+    status text not null,
+    progress float8,
+    payload jsonb,
+    tags text[],
+    updated_at timestamptz,
+    owner uuid
+);
+create table environments (id int primary key, name varchar(40), active bool);
+";
+
+impl TenantDb {
+    pub fn start() -> TenantDb {
+        TenantDb::start_with(PostgresOptions::default())
+    }
+
+    pub fn start_with(options: PostgresOptions) -> TenantDb {
+        let pg = LocalPostgres::start_with(options).unwrap_or_else(|e| panic!("starting postgres: {e}"));
+        pg.psql("postgres", "create database platform").expect("create database");
+        pg.psql("platform", TASKS_DDL).expect("create tables");
+        TenantDb { pg }
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        self.pg
+            .psql("platform", sql)
+            .unwrap_or_else(|e| panic!("sql failed: {e}\n{sql}"))
+    }
+
+    pub fn url(&self) -> String {
+        self.pg.url("platform")
+    }
+
+    /// `[[tenants]]` TOML for this database.
+    pub fn tenant_toml(&self, id: &str) -> String {
+        format!(
+            "[[tenants]]\nid = \"{id}\"\nurl = \"{}\"\ntables = [\"public.tasks\", \"public.environments\"]\n",
+            self.url()
+        )
+    }
+}
+
+/// A temp directory for config files, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir = std::env::temp_dir().join(format!("walcast-test-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The walcast binary built by cargo for these tests.
+pub fn walcast_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_walcast")
+}
+
+/// Runs walcast to completion; returns (status, stdout, stderr).
+pub fn walcast_output(config: &Path, args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(walcast_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("WALCAST_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run walcast");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A running walcast whose stdout lines arrive on a channel. Killed on drop.
+pub struct Walcast {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Walcast {
+    pub fn spawn(config: &Path, args: &[&str]) -> Walcast {
+        let mut child = Command::new(walcast_bin())
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .env("WALCAST_LOG", "info,walcast=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn walcast");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Walcast { child, lines, stderr }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr contains `text` `count` times.
+    pub fn wait_log(&self, text: &str, count: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.stderr().matches(text).count() < count {
+            if Instant::now() > deadline {
+                panic!("walcast did not log {text:?} {count} times within {WAIT:?}; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The next `n` events (parsed JSON lines).
+    pub fn events(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + WAIT;
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => out.push(
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}")),
+                ),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
+                    "expected {n} events, got {}: {out:#?}\nstderr:\n{}",
+                    out.len(),
+                    self.stderr()
+                ),
+            }
+        }
+        out
+    }
+
+    /// Asserts that no further event arrives within `quiet`.
+    pub fn no_more_events(&self, quiet: Duration) {
+        if let Ok(line) = self.lines.recv_timeout(quiet) {
+            panic!("unexpected event: {line}\nstderr:\n{}", self.stderr());
+        }
+    }
+
+    /// Sends SIGINT and waits for the exit status.
+    pub fn interrupt(mut self) -> (ExitStatus, Vec<String>, String) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill -INT");
+        assert!(status.success());
+        let deadline = Instant::now() + WAIT;
+        let exit = loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                break exit;
+            }
+            if Instant::now() > deadline {
+                panic!("walcast did not exit after SIGINT; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Give the reader threads a moment to drain the pipes.
+        std::thread::sleep(Duration::from_millis(100));
+        let rest: Vec<String> = self.lines.try_iter().collect();
+        let stderr = self.stderr();
+        (exit, rest, stderr)
+    }
+}
+
+impl Drop for Walcast {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
