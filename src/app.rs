@@ -25,24 +25,34 @@ pub enum AppError {
     NoTenants,
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
-    #[error("could not listen for signals")]
-    Signals(#[source] std::io::Error),
     #[error(
         "shutdown took longer than {0:?}; exiting anyway (unconfirmed changes will be sent again)"
     )]
     ShutdownTimeout(Duration),
 }
 
-/// Cancels `root` on SIGINT or SIGTERM.
-fn spawn_signal_handler(root: CancellationToken) -> Result<(), AppError> {
+/// Resolves on the first SIGINT or SIGTERM.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
-    tokio::spawn(async move {
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let (Ok(mut term), Ok(mut int)) = (term, int) else {
+            // Without signal handling only cancellation stops us.
+            return std::future::pending().await;
+        };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: finishing the transaction in hand, then stopping"),
             _ = int.recv() => tracing::info!("SIGINT: finishing the transaction in hand, then stopping"),
         }
+    }
+}
+
+/// Cancels `root` on SIGINT or SIGTERM.
+fn spawn_signal_handler(root: CancellationToken) -> Result<(), AppError> {
+    let signal = shutdown_signal();
+    tokio::spawn(async move {
+        signal.await;
         root.cancel();
     });
     Ok(())

@@ -76,4 +76,9 @@ pub enum Command {
         #[arg(long)]
         temporary_slot: bool,
     },
+    /// Try walcast with nothing set up: starts a throwaway PostgreSQL cluster
+    /// (needs the PostgreSQL server binaries installed), writes example task
+    /// activity into it and prints the change events. Ctrl-C removes it all.
+    /// Ignores --config.
+    Demo,
 }

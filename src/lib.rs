@@ -19,7 +19,7 @@
 //! - `model`: plain data (`Lsn`, `EventId`, `ChangeEvent`);
 //! - `sink`: where events go (standard output for now);
 //! - `tenant`: the per-tenant supervisor with back-off;
-//! - `app`, `commands`: wiring of `run`/`tail`, and `check`/`setup`;
+//! - `app`, `commands`, `demo`: wiring of `run`/`tail`, `check`/`setup`, and `demo`;
 //! - `localdev`: throwaway local Postgres clusters and redis-servers (tests).
 
 pub mod app;
@@ -28,6 +28,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod decode;
+pub mod demo;
 pub mod localdev;
 pub mod model;
 pub mod sink;

@@ -25,7 +25,10 @@ create table typed (
 fn config_for(db: &TenantDb, dir: &TempDir, tables: &str) -> std::path::PathBuf {
     dir.write(
         "walcast.toml",
-        &format!("[[tenants]]\nid = \"acme\"\nurl = \"{}\"\ntables = [{tables}]\n", db.url()),
+        &format!(
+            "[[tenants]]\nid = \"acme\"\nurl = \"{}\"\ntables = [{tables}]\n",
+            db.url()
+        ),
     )
 }
 
@@ -71,7 +74,10 @@ fn permanent_slot_acknowledges_what_was_printed() {
     let dir = TempDir::new("tail-permanent");
     let config = config_for(&db, &dir, "\"public.tasks\", \"public.environments\"");
 
-    let tail = Walcast::spawn(&config, &["tail", "--tenant", "acme", "--table", "public.tasks"]);
+    let tail = Walcast::spawn(
+        &config,
+        &["tail", "--tenant", "acme", "--table", "public.tasks"],
+    );
     tail.wait_log("streaming", 1);
     db.sql("insert into tasks (id, status) values (1, 'queued')");
     db.sql("insert into environments values (1, 'not printed: filtered out', true)");
@@ -80,7 +86,10 @@ fn permanent_slot_acknowledges_what_was_printed() {
     assert_eq!(first[0]["new"]["id"], 1);
     assert_eq!(first[1]["new"]["id"], 2);
     let (status, rest, stderr) = tail.interrupt();
-    assert!(status.success(), "tail should exit 0 on SIGINT: {status}\n{stderr}");
+    assert!(
+        status.success(),
+        "tail should exit 0 on SIGINT: {status}\n{stderr}"
+    );
     assert!(rest.is_empty(), "{rest:?}");
 
     // The slot's confirmed position is past the last printed commit.
@@ -107,17 +116,29 @@ fn temporary_slot_leaves_nothing_behind() {
     let dir = TempDir::new("tail-temporary");
     let config = config_for(&db, &dir, "\"public.tasks\"");
     // A temporary-slot tail does not create the publication: say what to do.
-    let (status, _, stderr) = walcast_output(&config, &["tail", "--tenant", "acme", "--temporary-slot"]);
+    let (status, _, stderr) =
+        walcast_output(&config, &["tail", "--tenant", "acme", "--temporary-slot"]);
     assert_eq!(status.code(), Some(1));
-    assert!(stderr.contains("publication walcast_acme does not exist") && stderr.contains("walcast setup"), "{stderr}");
+    assert!(
+        stderr.contains("publication walcast_acme does not exist")
+            && stderr.contains("walcast setup"),
+        "{stderr}"
+    );
 
     db.sql("create publication walcast_acme for table tasks");
     let tail = Walcast::spawn(&config, &["tail", "--tenant", "acme", "--temporary-slot"]);
     tail.wait_log("streaming", 1);
-    assert_eq!(db.sql("select count(*) from pg_replication_slots where temporary").trim(), "1");
+    assert_eq!(
+        db.sql("select count(*) from pg_replication_slots where temporary")
+            .trim(),
+        "1"
+    );
     db.sql("insert into tasks (id, status) values (5, 'queued')");
     assert_eq!(tail.events(1)[0]["new"]["id"], 5);
     let (status, _, _) = tail.interrupt();
     assert!(status.success());
-    assert_eq!(db.sql("select count(*) from pg_replication_slots").trim(), "0");
+    assert_eq!(
+        db.sql("select count(*) from pg_replication_slots").trim(),
+        "0"
+    );
 }

@@ -23,7 +23,12 @@ fn id_key(event: &Value) -> (u64, u32) {
 
 fn assert_strictly_increasing(events: &[&Value]) {
     for pair in events.windows(2) {
-        assert!(id_key(pair[0]) < id_key(pair[1]), "ids not increasing: {} then {}", pair[0]["id"], pair[1]["id"]);
+        assert!(
+            id_key(pair[0]) < id_key(pair[1]),
+            "ids not increasing: {} then {}",
+            pair[0]["id"],
+            pair[1]["id"]
+        );
     }
 }
 
@@ -34,7 +39,11 @@ fn two_tenants_stream_independently_and_survive_an_outage() {
     let dir = TempDir::new("two-tenants");
     let config = dir.write(
         "walcast.toml",
-        &format!("{}\n{}", acme.tenant_toml("acme"), globex.tenant_toml("globex")),
+        &format!(
+            "{}\n{}",
+            acme.tenant_toml("acme"),
+            globex.tenant_toml("globex")
+        ),
     );
     let walcast = Walcast::spawn(&config, &["run"]);
     walcast.wait_log("streaming", 2);
@@ -52,7 +61,11 @@ fn two_tenants_stream_independently_and_survive_an_outage() {
     let g = of_tenant(&events, "globex");
     assert_eq!(a.len(), 3);
     assert_eq!(g.len(), 3);
-    let ops = |es: &[&Value]| es.iter().map(|e| e["op"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let ops = |es: &[&Value]| {
+        es.iter()
+            .map(|e| e["op"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ops(&a), ["INSERT", "UPDATE", "DELETE"]);
     assert_eq!(ops(&g), ["INSERT", "UPDATE", "DELETE"]);
     assert_strictly_increasing(&a);
@@ -67,7 +80,10 @@ fn two_tenants_stream_independently_and_survive_an_outage() {
     assert_eq!(a[1]["old"], json!({"id": 1}));
     assert_eq!(a[2]["key"], json!({"id": 1}));
     assert_eq!(a[2]["new"], Value::Null);
-    assert_eq!(g[0]["new"], json!({"id": 7, "name": "staging", "active": true}));
+    assert_eq!(
+        g[0]["new"],
+        json!({"id": 7, "name": "staging", "active": true})
+    );
     assert_eq!(g[0]["schema"], "public");
     assert_eq!(g[0]["table"], "environments");
     // The two updates of the first transaction share its commit LSN.
@@ -95,12 +111,22 @@ fn two_tenants_stream_independently_and_survive_an_outage() {
     // Nothing was printed twice.
     walcast.no_more_events(Duration::from_secs(3));
     let all: Vec<&Value> = events.iter().chain(&during).chain(&after).collect();
-    let ids: HashSet<String> = all.iter().map(|e| format!("{}/{}", e["tenant"], e["id"])).collect();
+    let ids: HashSet<String> = all
+        .iter()
+        .map(|e| format!("{}/{}", e["tenant"], e["id"]))
+        .collect();
     assert_eq!(ids.len(), all.len(), "an event was printed twice: {all:#?}");
-    let g_all: Vec<&Value> = all.iter().copied().filter(|e| e["tenant"] == "globex").collect();
+    let g_all: Vec<&Value> = all
+        .iter()
+        .copied()
+        .filter(|e| e["tenant"] == "globex")
+        .collect();
     assert_strictly_increasing(&g_all);
 
     let (status, rest, stderr) = walcast.interrupt();
-    assert!(status.success(), "walcast run should exit 0 after SIGINT: {status}\n{stderr}");
+    assert!(
+        status.success(),
+        "walcast run should exit 0 after SIGINT: {status}\n{stderr}"
+    );
     assert!(rest.is_empty(), "{rest:?}");
 }

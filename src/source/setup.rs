@@ -163,7 +163,12 @@ pub async fn ensure_publication(client: &Client, tenant: &TenantConfig) -> Resul
                 .batch_execute(&action.sql)
                 .await
                 .map_err(|source| setup_failure(tenant, &action, source))?;
-            tracing::info!(tenant = %tenant.id, publication = %tenant.publication, "{}", action.why.replace("does not", "did not"));
+            let done = if action.sql.starts_with("CREATE") {
+                "created publication"
+            } else {
+                "added tables to publication"
+            };
+            tracing::info!(tenant = %tenant.id, publication = %tenant.publication, "{done}");
         }
     }
     Ok(())

@@ -41,8 +41,10 @@ impl TenantDb {
     }
 
     pub fn start_with(options: PostgresOptions) -> TenantDb {
-        let pg = LocalPostgres::start_with(options).unwrap_or_else(|e| panic!("starting postgres: {e}"));
-        pg.psql("postgres", "create database platform").expect("create database");
+        let pg =
+            LocalPostgres::start_with(options).unwrap_or_else(|e| panic!("starting postgres: {e}"));
+        pg.psql("postgres", "create database platform")
+            .expect("create database");
         pg.psql("platform", TASKS_DDL).expect("create tables");
         TenantDb { pg }
     }
@@ -75,7 +77,8 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
-        let dir = std::env::temp_dir().join(format!("walcast-test-{tag}-{}-{nanos}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("walcast-test-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }
@@ -153,10 +156,16 @@ impl Walcast {
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Walcast { child, lines, stderr }
+        Walcast {
+            child,
+            lines,
+            stderr,
+        }
     }
 
     pub fn stderr(&self) -> String {
@@ -168,7 +177,10 @@ impl Walcast {
         let deadline = Instant::now() + WAIT;
         while self.stderr().matches(text).count() < count {
             if Instant::now() > deadline {
-                panic!("walcast did not log {text:?} {count} times within {WAIT:?}; stderr:\n{}", self.stderr());
+                panic!(
+                    "walcast did not log {text:?} {count} times within {WAIT:?}; stderr:\n{}",
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -182,7 +194,8 @@ impl Walcast {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => out.push(
-                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}")),
+                    serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}")),
                 ),
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
                     "expected {n} events, got {}: {out:#?}\nstderr:\n{}",
@@ -214,7 +227,10 @@ impl Walcast {
                 break exit;
             }
             if Instant::now() > deadline {
-                panic!("walcast did not exit after SIGINT; stderr:\n{}", self.stderr());
+                panic!(
+                    "walcast did not exit after SIGINT; stderr:\n{}",
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };

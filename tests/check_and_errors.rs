@@ -1,0 +1,142 @@
+//! `walcast check` and the errors a user can cause: each is one clear line
+//! that names the tenant, what failed and what to do, and a non-zero exit.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn check_on_wal_level_replica_exits_1_and_names_the_fix() {
+    let db = TenantDb::start_with(PostgresOptions {
+        wal_level: "replica".into(),
+        ..PostgresOptions::default()
+    });
+    let dir = TempDir::new("check-replica");
+    let config = dir.write("walcast.toml", &db.tenant_toml("acme"));
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL  wal_level is replica"), "{stdout}");
+    assert!(
+        stdout.contains("ALTER SYSTEM SET wal_level = logical;"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL  publication walcast_acme does not exist"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_passes_after_setup_and_warns_on_weak_replica_identity() {
+    let db = TenantDb::start();
+    db.sql("create table nokey (a int)");
+    let dir = TempDir::new("check-setup");
+    let config = dir.write(
+        "walcast.toml",
+        &format!(
+            "[[tenants]]\nid = \"acme\"\nurl = \"{}\"\ntables = [\"tasks\", \"nokey\"]\n",
+            db.url()
+        ),
+    );
+    let (status, stdout, _) = walcast_output(&config, &["setup", "--dry-run"]);
+    assert!(status.success());
+    assert!(stdout.contains("CREATE PUBLICATION \"walcast_acme\" FOR TABLE \"public\".\"tasks\", \"public\".\"nokey\";"), "{stdout}");
+    assert_eq!(
+        db.sql("select count(*) from pg_publication").trim(),
+        "0",
+        "dry run changed nothing"
+    );
+
+    let (status, _, stderr) = walcast_output(&config, &["setup"]);
+    assert!(status.success(), "{stderr}");
+    let (status, stdout, _) = walcast_output(&config, &["setup"]);
+    assert!(status.success());
+    assert!(
+        stdout.contains("nothing to do"),
+        "setup is idempotent: {stdout}"
+    );
+
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert!(status.success(), "{stdout}");
+    assert!(
+        stdout.contains("WARN  public.nokey: replica identity DEFAULT but no primary key"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ALTER TABLE \"public\".\"nokey\" REPLICA IDENTITY FULL;"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn unreachable_database_and_wrong_password_are_one_clear_line() {
+    let db = TenantDb::start_with(PostgresOptions {
+        password: Some("right-password".into()),
+        ..PostgresOptions::default()
+    });
+    let dir = TempDir::new("errors");
+    let port = walcast::localdev::free_port().unwrap();
+    let config = dir.write(
+        "walcast.toml",
+        &format!(
+            "[[tenants]]\nid = \"down\"\nurl = \"postgres://postgres@127.0.0.1:{port}/platform\"\ntables = [\"tasks\"]\n\
+             [[tenants]]\nid = \"badpw\"\nurl = \"postgres://postgres:wrong@127.0.0.1:{}/platform\"\ntables = [\"tasks\"]\n",
+            db.pg.port()
+        ),
+    );
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stdout.contains("tenant down") && stdout.contains("cannot connect"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("password authentication failed"),
+        "{stdout}"
+    );
+
+    // tail gives up on a definite error with one line naming the tenant.
+    let (status, stdout, stderr) = walcast_output(&config, &["tail", "--tenant", "badpw"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(stdout.is_empty());
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("walcast: tenant badpw: could not connect")
+            && last.contains("password authentication failed"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("wrong"),
+        "no panic, no password in output: {stderr}"
+    );
+}
+
+#[test]
+fn config_errors_point_at_the_line() {
+    let dir = TempDir::new("config-errors");
+    let config = dir.write(
+        "walcast.toml",
+        "[[tenants]]\nid = \"acme\"\nurl = \"postgres://u@localhost/db\"\ntables = [\"tasks\"]\npublication = \"Bad-Name\"\n",
+    );
+    let (status, _, stderr) = walcast_output(&config, &["check"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("walcast.toml:5:15: publication \"Bad-Name\" is not valid: use 1 to 63 lowercase letters"),
+        "{stderr}"
+    );
+
+    let missing = dir.0.join("nope.toml");
+    let (status, _, stderr) = walcast_output(&missing, &["run"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("could not read config file") && stderr.contains("WALCAST_CONFIG"),
+        "{stderr}"
+    );
+
+    let (status, _, stderr) = walcast_output(&config, &["tail", "--tenant", "nobody"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("publication"),
+        "validation runs before anything else: {stderr}"
+    );
+}
