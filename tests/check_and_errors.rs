@@ -140,3 +140,40 @@ fn config_errors_point_at_the_line() {
         "validation runs before anything else: {stderr}"
     );
 }
+
+#[test]
+fn missing_replication_privilege_names_the_grant() {
+    let db = TenantDb::start();
+    db.sql("create role plain login; grant select on tasks to plain; create publication walcast_acme for table tasks;");
+    let dir = TempDir::new("privileges");
+    let config = dir.write(
+        "walcast.toml",
+        &format!(
+            "[[tenants]]\nid = \"acme\"\nurl = \"postgres://plain@127.0.0.1:{}/platform\"\ntables = [\"tasks\"]\n",
+            db.pg.port()
+        ),
+    );
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stdout.contains("FAIL  role plain lacks the REPLICATION attribute"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ALTER ROLE \"plain\" REPLICATION;"),
+        "{stdout}"
+    );
+    for args in [
+        &["tail", "--tenant", "acme"][..],
+        &["tail", "--tenant", "acme", "--temporary-slot"][..],
+    ] {
+        let (status, _, stderr) = walcast_output(&config, args);
+        assert_eq!(status.code(), Some(1), "{args:?}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("walcast: tenant acme: ")
+                && last.contains("ALTER ROLE \"plain\" REPLICATION;"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -51,22 +51,53 @@ pub enum SourceError {
 
 impl SourceError {
     /// Whether retrying the same thing later can succeed without anybody
-    /// changing configuration, grants or the server.
+    /// changing configuration, grants or the server: network failures, and
+    /// server errors of the SQLSTATE classes that describe a passing state
+    /// (the server starting up or shutting down, too many connections, the
+    /// slot held by another session).
     pub fn is_transient(&self) -> bool {
         match self {
             SourceError::Connect { source, .. } | SourceError::Query { source, .. } => {
-                // A server error (wrong password, missing privilege) needs a
-                // fix; a closed or refused connection may heal.
-                source.as_db_error().is_none()
+                match source.code() {
+                    Some(code) => transient_sqlstate(code.code()),
+                    None => true,
+                }
             }
             SourceError::Setup { .. } => false,
-            SourceError::Replication { source, .. } => {
-                !matches!(
-                    source,
-                    pgwire_replication::PgWireError::Auth(_)
-                        | pgwire_replication::PgWireError::Tls(_)
-                ) && !source.to_string().contains("42501")
-            }
+            SourceError::Replication { source, .. } => match source {
+                pgwire_replication::PgWireError::Auth(_)
+                | pgwire_replication::PgWireError::Tls(_) => false,
+                pgwire_replication::PgWireError::Server(text) => text
+                    .rsplit_once("SQLSTATE ")
+                    .map(|(_, code)| transient_sqlstate(code.trim_end_matches(')')))
+                    .unwrap_or(true),
+                _ => true,
+            },
         }
+    }
+}
+
+/// SQLSTATE classes that say "try again later": 08 connection exception,
+/// 40 transaction rollback, 53 insufficient resources, 55 object in use (a
+/// slot held by another session), 57 operator intervention (shutdown,
+/// starting up), 58 system error.
+fn transient_sqlstate(code: &str) -> bool {
+    ["08", "40", "53", "55", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transient_sqlstate;
+
+    #[test]
+    fn sqlstate_classes() {
+        assert!(transient_sqlstate("57P03")); // the database system is starting up
+        assert!(transient_sqlstate("55006")); // replication slot is active
+        assert!(transient_sqlstate("53300")); // too many connections
+        assert!(!transient_sqlstate("28P01")); // wrong password
+        assert!(!transient_sqlstate("42501")); // insufficient privilege
+        assert!(!transient_sqlstate("42704")); // slot does not exist
     }
 }

@@ -121,7 +121,7 @@ fn replication_error(
             tenant.publication
         )
     } else if text.contains("is active for PID") {
-        format!("; another process is reading slot {} (another walcast?), stop it or give this tenant its own slot", tenant.slot)
+        format!("another process is reading slot {} (another walcast?): stop it or give this tenant its own slot", tenant.slot)
     } else if text.contains("logical decoding requires wal_level") || text.contains("wal_level") {
         "; set wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)"
             .to_string()
@@ -129,18 +129,26 @@ fn replication_error(
         || text.contains("28P01")
         || text.contains("password")
     {
-        "; check the user and password in the tenant's url".to_string()
+        "check the user and password in the tenant's url".to_string()
     } else if text.contains("42501")
         || text.contains("permission denied")
         || text.contains("must be superuser or replication")
     {
-        "; give the role the REPLICATION attribute: ALTER ROLE <user> REPLICATION;".to_string()
+        format!(
+            "give the role the REPLICATION attribute: ALTER ROLE {} REPLICATION;",
+            super::quote_ident(&tenant.pg.user)
+        )
     } else if text.contains("no pg_hba.conf entry") {
-        "; allow the host in pg_hba.conf with a `host replication <user> <address> scram-sha-256` line".to_string()
+        "allow this host in pg_hba.conf with a `host replication <user> <address> scram-sha-256` line".to_string()
     } else if source.is_io() {
-        "; check that the server is running and reachable at the url's host and port".to_string()
+        "check that the server is running and reachable at the url's host and port".to_string()
     } else {
         String::new()
+    };
+    let hint = if hint.is_empty() {
+        hint
+    } else {
+        format!(" (to fix: {hint})")
     };
     SourceError::Replication {
         tenant: tenant.id.clone(),

@@ -211,6 +211,10 @@ fn setup_failure(
         .map(|db| db.message().to_owned())
         .unwrap_or_else(|| source.to_string());
     let fix = match source.code() {
+        Some(c) if *c == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE && action.sql.contains("replication_slot") => format!(
+            "give the role the REPLICATION attribute: ALTER ROLE {} REPLICATION;",
+            quote_ident(&tenant.pg.user)
+        ),
         Some(c) if *c == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => format!(
             "run it as a role that owns the tables (or a superuser): {}",
             action.sql
