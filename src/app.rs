@@ -9,8 +9,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, TenantConfig};
-use crate::sink::{EventSink, StdoutSink};
+use crate::config::{Config, RedisConfig, TenantConfig};
+use crate::sink::{EventSink, RedisSink, StdoutSink};
 use crate::source::SlotKind;
 use crate::tenant::{run_tenant, PipelineError, PipelineOptions, TenantState};
 
@@ -64,20 +64,41 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
         return Err(AppError::NoTenants);
     }
     spawn_signal_handler(root.clone())?;
-    let sink: Arc<dyn EventSink> = Arc::new(StdoutSink::default());
-    tracing::info!(
-        tenants = config.tenants.len(),
-        "starting; events go to standard output"
-    );
+    let stdout: Arc<dyn EventSink> = Arc::new(StdoutSink::default());
+    let redis = match &config.redis {
+        Some(redis) => {
+            let conn = tokio::select! {
+                // Shutdown while Redis is still unreachable.
+                _ = root.cancelled() => return Ok(()),
+                conn = connect_redis(redis) => conn,
+            };
+            tracing::info!(tenants = config.tenants.len(), prefix = %redis.key_prefix, "starting; events go to redis (mirror and per-tenant streams)");
+            Some(conn)
+        }
+        None => {
+            tracing::info!(tenants = config.tenants.len(), "starting without [redis]: no mirror and no resumable stream; events go to standard output");
+            None
+        }
+    };
     let tracker = TaskTracker::new();
     for tenant in config.tenants.clone() {
         let (state_tx, _state_rx) = watch::channel(TenantState::Starting);
         let cancel = root.child_token();
-        let sink = Arc::clone(&sink);
+        let (sink, options) = match (&config.redis, &redis) {
+            (Some(redis_config), Some(conn)) => {
+                let mirror = Arc::new(RedisSink::new(&tenant, redis_config, conn.clone()));
+                let options = PipelineOptions {
+                    mirror: Some(Arc::clone(&mirror)),
+                    ..PipelineOptions::default()
+                };
+                (mirror as Arc<dyn EventSink>, options)
+            }
+            _ => (Arc::clone(&stdout), PipelineOptions::default()),
+        };
         let root_for_fatal = root.clone();
         tracker.spawn(async move {
             let id = tenant.id.clone();
-            if let Err(err) = run_tenant(tenant, PipelineOptions::default(), sink, cancel, state_tx).await {
+            if let Err(err) = run_tenant(tenant, options, sink, cancel, state_tx).await {
                 tracing::error!(tenant = %id, error = %crate::tenant::error_chain(&err), "tenant stopped");
                 // Only a fatal error (the output is gone) ends run_tenant here.
                 root_for_fatal.cancel();
@@ -87,6 +108,21 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
     tracker.close();
     root.cancelled().await;
     wait_for(&tracker, config.shutdown_timeout).await
+}
+
+/// Connects to Redis, retrying (with a warning) until it answers.
+async fn connect_redis(config: &RedisConfig) -> redis::aio::ConnectionManager {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match crate::sink::redis::connect(config).await {
+            Ok(conn) => return conn,
+            Err(err) => {
+                tracing::warn!(error = %crate::tenant::error_chain(&err), retry_in_ms = delay.as_millis() as u64, "cannot reach redis; retrying (check [redis] url)");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
 
 /// `walcast tail`: one tenant to standard output.
@@ -112,6 +148,7 @@ pub async fn tail(
         tables,
         create_missing: !temporary_slot,
         give_up_on_definite: true,
+        mirror: None,
     };
     spawn_signal_handler(root.clone())?;
     let (state_tx, _state_rx) = watch::channel(TenantState::Starting);

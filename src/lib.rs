@@ -29,6 +29,7 @@ pub mod commands;
 pub mod config;
 pub mod decode;
 pub mod demo;
+pub mod filter;
 pub mod localdev;
 pub mod model;
 pub mod sink;

@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use validate::{PgConnInfo, PgHost, SslMode, TenantConfig, TenantId};
+pub use validate::{
+    MirrorFormat, MirrorRule, PgConnInfo, PgHost, RedisConfig, SslMode, TenantConfig, TenantId,
+};
 
 /// Where the configuration is read from when neither `--config` nor
 /// `WALCAST_CONFIG` says otherwise.
@@ -28,6 +30,8 @@ pub struct Config {
     pub path: PathBuf,
     pub tenants: Vec<TenantConfig>,
     pub shutdown_timeout: Duration,
+    /// Without it: no mirror, events only in memory and on standard output.
+    pub redis: Option<RedisConfig>,
 }
 
 impl Config {
@@ -62,6 +66,43 @@ pub(crate) struct RawConfig {
     pub shutdown_timeout_secs: Option<Spanned<u64>>,
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
+    #[serde(default)]
+    pub redis: Option<RawRedis>,
+    /// Mirror rules shared by every tenant that streams the table.
+    #[serde(default)]
+    pub mirror: Vec<RawMirror>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedis {
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub key_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub connect_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub command_timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub stream_max_len: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub stream_max_age_secs: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMirror {
+    pub table: Spanned<String>,
+    #[serde(default)]
+    pub key: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub hot_when: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub keep_cold_for_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub index: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub format: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +115,8 @@ pub(crate) struct RawTenant {
     #[serde(default)]
     pub publication: Option<Spanned<String>>,
     pub tables: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub mirror: Vec<RawMirror>,
 }
 
 /// Reads and validates the configuration file.

@@ -9,8 +9,17 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::{invalid, Config, ConfigError, RawConfig, DEFAULT_SHUTDOWN_TIMEOUT_SECS};
+use super::{
+    invalid, Config, ConfigError, RawConfig, RawMirror, RawRedis, DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+};
+use crate::filter::RowFilter;
 use crate::model::TableName;
+
+/// Defaults of the `[redis]` section.
+pub const DEFAULT_KEY_PREFIX: &str = "walcast";
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_REDIS_COMMAND_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_STREAM_MAX_LEN: u64 = 100_000;
 
 /// Session settings pinned on every connection so that values print the same
 /// way whatever the server's defaults are (see docs/types.md).
@@ -29,6 +38,12 @@ impl TenantId {
 
     pub fn as_arc(&self) -> Arc<str> {
         Arc::clone(&self.0)
+    }
+
+    /// A tenant id for tests (not validated).
+    #[doc(hidden)]
+    pub fn for_tests(s: &str) -> TenantId {
+        TenantId(s.into())
     }
 
     fn parse(s: &str) -> Result<TenantId, String> {
@@ -167,15 +182,64 @@ impl PgConnInfo {
 }
 
 /// One tenant, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TenantConfig {
     pub id: TenantId,
     pub pg: PgConnInfo,
     pub slot: String,
     pub publication: String,
     pub tables: Vec<TableName>,
+    /// Which tables are mirrored into Redis, and how.
+    pub mirror: Vec<MirrorRule>,
 }
 
+/// Where Redis is and how long the per-tenant event streams are kept.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// redis://, rediss:// or redis+unix:// (may hold a password: never printed).
+    pub url: String,
+    pub key_prefix: String,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    /// Approximate maximum number of entries per tenant stream.
+    pub stream_max_len: Option<u64>,
+    /// Entries older than this are trimmed (by id, whose first part is the commit LSN, so by age of arrival at trim time).
+    pub stream_max_age: Option<Duration>,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &"<redacted>")
+            .field("key_prefix", &self.key_prefix)
+            .field("stream_max_len", &self.stream_max_len)
+            .finish()
+    }
+}
+
+/// How a mirrored row is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorFormat {
+    /// A hash: one field per column, each value JSON-encoded.
+    Hash,
+    /// A string holding the row as one JSON object.
+    Json,
+}
+
+/// How one table is mirrored into Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorRule {
+    pub table: TableName,
+    /// Key columns; `None`: the table's replica identity (its primary key).
+    pub key: Option<Vec<String>>,
+    /// A row is hot (kept) when it passes all of these; empty: every row.
+    pub hot_when: Vec<RowFilter>,
+    /// A row that leaves the hot set stays this long before it expires.
+    pub keep_cold_for: Duration,
+    /// Columns kept as sets of row keys (for example tasks by status).
+    pub index: Vec<String>,
+    pub format: MirrorFormat,
+}
 pub(super) fn validate(
     path: &Path,
     text: &str,
@@ -231,13 +295,70 @@ pub(super) fn validate(
             }
             tables.push(name);
         }
+        let mut mirror = Vec::new();
+        for rule in &raw.mirror {
+            let parsed = mirror_rule(rule).map_err(|(s, m)| at(s, m))?;
+            if !tables.contains(&parsed.table) {
+                return Err(at(
+                    rule.table.span(),
+                    format!("mirror table {} is not in tenant {}'s tables; add it to tables or remove the rule", parsed.table, id),
+                ));
+            }
+            if mirror.iter().any(|r: &MirrorRule| r.table == parsed.table) {
+                return Err(at(
+                    rule.table.span(),
+                    format!("table {} has two mirror rules; keep one", parsed.table),
+                ));
+            }
+            mirror.push(parsed);
+        }
         tenants.push(TenantConfig {
             id,
             pg,
             slot,
             publication,
             tables,
+            mirror,
         });
+    }
+    // Shared rules apply to every tenant that streams the table and has no
+    // rule of its own for it.
+    for rule in &raw.mirror {
+        let parsed = mirror_rule(rule).map_err(|(s, m)| at(s, m))?;
+        let mut used = false;
+        for tenant in tenants
+            .iter_mut()
+            .filter(|t| t.tables.contains(&parsed.table))
+        {
+            used = true;
+            if !tenant.mirror.iter().any(|r| r.table == parsed.table) {
+                tenant.mirror.push(parsed.clone());
+            }
+        }
+        if !used {
+            return Err(at(
+                rule.table.span(),
+                format!("mirror table {} is not in any tenant's tables; add it to a tenant's tables or remove the rule", parsed.table),
+            ));
+        }
+    }
+    let redis = raw
+        .redis
+        .as_ref()
+        .map(|r| redis_config(r, env))
+        .transpose()
+        .map_err(|(s, m)| at(s, m))?;
+    if redis.is_none() {
+        if let Some(rule) = raw.mirror.first() {
+            return Err(at(
+                rule.table.span(),
+                "mirror rules need a [redis] section with a url; add one, or remove the rules"
+                    .into(),
+            ));
+        }
+        if tenants.iter().any(|t| !t.mirror.is_empty()) {
+            return Err(at(0..0, "tenant mirror rules need a [redis] section with a url; add one, or remove the rules".into()));
+        }
     }
     let shutdown_timeout = match raw.shutdown_timeout_secs {
         Some(v) if *v.get_ref() == 0 || *v.get_ref() > 3600 => {
@@ -253,6 +374,140 @@ pub(super) fn validate(
         path: path.to_owned(),
         tenants,
         shutdown_timeout,
+        redis,
+    })
+}
+
+type SpanError = (std::ops::Range<usize>, String);
+
+fn redis_config(
+    raw: &RawRedis,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RedisConfig, SpanError> {
+    let url = interpolate(raw.url.get_ref(), env).map_err(|m| (raw.url.span(), m))?;
+    if !(url.starts_with("redis://")
+        || url.starts_with("rediss://")
+        || url.starts_with("redis+unix://")
+        || url.starts_with("unix://"))
+    {
+        return Err((
+            raw.url.span(),
+            "redis url must start with redis://, rediss:// (TLS) or redis+unix:// (a socket path); for example redis://127.0.0.1:6379/".into(),
+        ));
+    }
+    redis::parse_redis_url(&url).ok_or_else(|| {
+        (
+            raw.url.span(),
+            "redis url is not valid; write redis://[user:password@]host:port/[db]".to_string(),
+        )
+    })?;
+    let key_prefix = match &raw.key_prefix {
+        Some(p) => {
+            let ok = !p.get_ref().is_empty()
+                && p.get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+            if !ok {
+                return Err((
+                    p.span(),
+                    format!(
+                        "key_prefix {:?} is not valid: use letters, digits, '_', '-' or '.'",
+                        p.get_ref()
+                    ),
+                ));
+            }
+            p.get_ref().clone()
+        }
+        None => DEFAULT_KEY_PREFIX.to_owned(),
+    };
+    let millis =
+        |v: &Option<Spanned<u64>>, default: u64, key: &str| -> Result<Duration, SpanError> {
+            match v {
+                Some(v) if *v.get_ref() == 0 || *v.get_ref() > 600_000 => Err((
+                    v.span(),
+                    format!("{key} must be between 1 and 600000 milliseconds"),
+                )),
+                Some(v) => Ok(Duration::from_millis(*v.get_ref())),
+                None => Ok(Duration::from_millis(default)),
+            }
+        };
+    let stream_max_len = match &raw.stream_max_len {
+        Some(v) if *v.get_ref() == 0 => {
+            return Err((
+                v.span(),
+                "stream_max_len must be at least 1 (leave it out for the default 100000)".into(),
+            ))
+        }
+        Some(v) => Some(*v.get_ref()),
+        None if raw.stream_max_age_secs.is_some() => None,
+        None => Some(DEFAULT_STREAM_MAX_LEN),
+    };
+    let stream_max_age = match &raw.stream_max_age_secs {
+        Some(v) if *v.get_ref() == 0 => {
+            return Err((v.span(), "stream_max_age_secs must be at least 1".into()))
+        }
+        Some(v) => Some(Duration::from_secs(*v.get_ref())),
+        None => None,
+    };
+    Ok(RedisConfig {
+        url,
+        key_prefix,
+        connect_timeout: millis(
+            &raw.connect_timeout_ms,
+            DEFAULT_REDIS_CONNECT_TIMEOUT_MS,
+            "connect_timeout_ms",
+        )?,
+        command_timeout: millis(
+            &raw.command_timeout_ms,
+            DEFAULT_REDIS_COMMAND_TIMEOUT_MS,
+            "command_timeout_ms",
+        )?,
+        stream_max_len,
+        stream_max_age,
+    })
+}
+
+fn mirror_rule(raw: &RawMirror) -> Result<MirrorRule, SpanError> {
+    let table = parse_table(raw.table.get_ref()).map_err(|m| (raw.table.span(), m))?;
+    let key = match &raw.key {
+        Some(k) if k.get_ref().is_empty() => {
+            return Err((
+                k.span(),
+                "key is empty; list the key columns, or leave it out to use the primary key".into(),
+            ))
+        }
+        Some(k) => Some(k.get_ref().clone()),
+        None => None,
+    };
+    let mut hot_when = Vec::new();
+    if let Some(filters) = &raw.hot_when {
+        for f in filters.get_ref() {
+            hot_when.push(RowFilter::parse(f.get_ref()).map_err(|e| (f.span(), e.to_string()))?);
+        }
+    }
+    let format = match raw
+        .format
+        .as_ref()
+        .map(|f| (f.get_ref().as_str(), f.span()))
+    {
+        None | Some(("hash", _)) => MirrorFormat::Hash,
+        Some(("json", _)) => MirrorFormat::Json,
+        Some((other, span)) => {
+            return Err((
+                span,
+                format!("format {other:?} is not known; write \"hash\" or \"json\""),
+            ))
+        }
+    };
+    Ok(MirrorRule {
+        table,
+        key,
+        hot_when,
+        keep_cold_for: Duration::from_secs(
+            raw.keep_cold_for_secs.as_ref().map_or(0, |v| *v.get_ref()),
+        ),
+        index: raw.index.iter().map(|c| c.get_ref().clone()).collect(),
+        format,
     })
 }
 

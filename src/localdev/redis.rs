@@ -74,6 +74,12 @@ impl LocalRedis {
     }
 
     /// The server's URL: `redis://127.0.0.1:{port}/`.
+    /// The server's process id while it runs (for tests that pause it with
+    /// SIGSTOP to simulate an unreachable Redis without losing its data).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }

@@ -11,4 +11,4 @@ pub use event::{
 };
 pub use lsn::{Lsn, ParseLsnError};
 pub use time::format_pg_timestamp;
-pub use wire::encode_event;
+pub use wire::{datum_json, encode_event, row_json};

@@ -124,6 +124,38 @@ fn write_row(out: &mut Vec<u8>, row: Option<&RowImage>) {
     out.push(b'}');
 }
 
+/// One value as JSON text (what a mirrored hash field holds).
+pub fn datum_json(value: &Datum) -> String {
+    let mut out = Vec::new();
+    write_datum(&mut out, value);
+    // Only valid UTF-8 is ever written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A row image as one JSON object, with extra leading fields.
+pub fn row_json(row: &RowImage, extra: &[(&str, &str)]) -> String {
+    let mut out = Vec::with_capacity(128);
+    out.push(b'{');
+    for (i, (k, v)) in extra.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(&mut out, k);
+        out.push(b':');
+        write_str(&mut out, v);
+    }
+    for (i, (column, value)) in row.0.iter().enumerate() {
+        if i > 0 || !extra.is_empty() {
+            out.push(b',');
+        }
+        write_str(&mut out, column);
+        out.push(b':');
+        write_datum(&mut out, value);
+    }
+    out.push(b'}');
+    String::from_utf8(out).unwrap_or_default()
+}
+
 fn write_datum(out: &mut Vec<u8>, value: &Datum) {
     match value {
         Datum::Null => out.extend_from_slice(b"null"),

@@ -1,16 +1,18 @@
-//! Where change events go once decoded. For now: standard output, one JSON
-//! object per line (`walcast tail`, and `walcast run` until the Redis and
-//! HTTP sinks exist). A sink says when a transaction is durably written;
-//! only then does the source confirm it to Postgres.
+//! Where change events go once decoded: standard output, one JSON object per
+//! line (`walcast tail`, and `walcast run` without Redis), or Redis (the
+//! mirror and the per-tenant stream). A sink says when a transaction is
+//! durably written; only then does the source confirm it to Postgres.
 
+pub mod redis;
 mod stdout;
 
+pub use self::redis::RedisSink;
 pub use stdout::StdoutSink;
 
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::model::ChangeEvent;
+use crate::model::{ChangeEvent, Lsn};
 
 /// Why a sink could not take events.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,18 @@ pub enum SinkError {
     Closed,
     #[error("writing events failed")]
     Io(#[source] std::io::Error),
+    #[error("redis refused the write")]
+    Redis(#[source] ::redis::RedisError),
+    /// Redis lost the tenant's data (restart without persistence, FLUSHALL):
+    /// the tenant must be snapshotted again.
+    #[error("redis lost this tenant's data (its epoch marker is gone); re-snapshotting")]
+    Lost,
+}
+
+impl SinkError {
+    pub fn redis(err: ::redis::RedisError) -> SinkError {
+        SinkError::Redis(err)
+    }
 }
 
 /// A boxed future, so that sinks can be chosen at run time.
@@ -30,6 +44,11 @@ pub trait EventSink: Send + Sync {
     /// Takes events in commit order. They may be buffered until `commit`.
     fn write<'a>(&'a self, events: &'a [ChangeEvent]) -> SinkFuture<'a>;
     /// Makes everything written so far durable; after it returns the
-    /// transaction may be confirmed to Postgres.
-    fn commit(&self) -> SinkFuture<'_>;
+    /// transaction (ending at `end_lsn`, if it is one) may be confirmed.
+    fn commit(&self, end_lsn: Option<Lsn>) -> SinkFuture<'_>;
+    /// A new replication session starts: forget what was written but not
+    /// committed (Postgres sends that transaction again).
+    fn reset(&self) -> SinkFuture<'_> {
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -6,7 +6,7 @@ use tokio::io::{AsyncWriteExt, BufWriter, Stdout};
 use tokio::sync::Mutex;
 
 use super::{EventSink, SinkError, SinkFuture};
-use crate::model::ChangeEvent;
+use crate::model::{ChangeEvent, Lsn};
 
 /// Writes each event's encoded JSON followed by a newline. Shared by all
 /// tenants: a line is written whole under the lock, so lines never interleave.
@@ -42,7 +42,7 @@ impl EventSink for StdoutSink {
         })
     }
 
-    fn commit(&self) -> SinkFuture<'_> {
+    fn commit(&self, _end_lsn: Option<Lsn>) -> SinkFuture<'_> {
         Box::pin(async move { self.out.lock().await.flush().await.map_err(map_err) })
     }
 }

@@ -9,9 +9,10 @@ mod replication;
 mod setup;
 
 pub use check::{check_tenant, CheckItem, CheckLevel, CheckReport};
-pub use replication::{ReplicationSession, SlotKind};
+pub use replication::{ExportedSnapshot, PendingSession, ReplicationSession, SlotKind};
 pub use setup::{
-    connect, ensure_publication, ensure_slot, quote_ident, quote_table, setup_sql, SetupAction,
+    connect, drop_slot, ensure_publication, ensure_slot, quote_ident, quote_table, setup_sql,
+    slot_state, SetupAction,
 };
 
 use crate::config::TenantId;

@@ -23,6 +23,77 @@ pub enum SlotKind {
     Temporary(String),
 }
 
+/// A snapshot exported by slot creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedSnapshot {
+    /// The slot streams transactions that commit after this point.
+    pub consistent_point: Lsn,
+    /// The name for `SET TRANSACTION SNAPSHOT`.
+    pub name: String,
+}
+
+/// An authenticated replication session that has not started streaming.
+pub struct PendingSession {
+    client: ReplicationClient,
+    tenant: TenantConfig,
+    start: Lsn,
+}
+
+impl PendingSession {
+    async fn connect(
+        tenant: &TenantConfig,
+        slot: &SlotKind,
+        start: Lsn,
+    ) -> Result<Self, SourceError> {
+        let slot_name = match slot {
+            SlotKind::Permanent => tenant.slot.as_str(),
+            SlotKind::Temporary(name) => name.as_str(),
+        };
+        let config = tenant
+            .pg
+            .replication_config(slot_name, &tenant.publication, "walcast")
+            .with_start_lsn(start.into())
+            .with_status_interval(STATUS_INTERVAL);
+        let client = ReplicationClient::connect_gated(config)
+            .await
+            .map_err(|source| replication_error(tenant, "connect", source))?;
+        Ok(PendingSession {
+            client,
+            tenant: tenant.clone(),
+            start,
+        })
+    }
+
+    async fn query(
+        &mut self,
+        sql: &str,
+        what: &'static str,
+    ) -> Result<Vec<pgwire_replication::QueryRow>, SourceError> {
+        self.client
+            .simple_query(sql)
+            .await
+            .map_err(|source| replication_error(&self.tenant, what, source))
+    }
+
+    /// Sends START_REPLICATION and waits until the server accepted it.
+    pub async fn start(mut self) -> Result<ReplicationSession, SourceError> {
+        let tenant = self.tenant.clone();
+        self.client
+            .start()
+            .await
+            .map_err(|source| replication_error(&tenant, "start", source))?;
+        self.client
+            .wait_started()
+            .await
+            .map_err(|source| replication_error(&tenant, "start", source))?;
+        Ok(ReplicationSession {
+            client: self.client,
+            tenant: self.tenant,
+            confirmed: self.start,
+        })
+    }
+}
+
 /// One replication session of one tenant.
 pub struct ReplicationSession {
     client: ReplicationClient,
@@ -38,37 +109,60 @@ impl ReplicationSession {
         slot: &SlotKind,
         start: Lsn,
     ) -> Result<Self, SourceError> {
-        let slot_name = match slot {
-            SlotKind::Permanent => tenant.slot.as_str(),
-            SlotKind::Temporary(name) => name.as_str(),
-        };
-        let config = tenant
-            .pg
-            .replication_config(slot_name, &tenant.publication, "walcast")
-            .with_start_lsn(start.into())
-            .with_status_interval(STATUS_INTERVAL);
-        let err = |what: &'static str| {
-            let tenant = tenant.clone();
-            move |source: PgWireError| replication_error(&tenant, what, source)
-        };
-        let mut client = ReplicationClient::connect_gated(config)
-            .await
-            .map_err(err("connect"))?;
+        let mut pending = PendingSession::connect(tenant, slot, start).await?;
         if let SlotKind::Temporary(name) = slot {
-            client
-                .simple_query(&format!(
-                    "CREATE_REPLICATION_SLOT {name} TEMPORARY LOGICAL pgoutput"
-                ))
-                .await
-                .map_err(err("creating the temporary slot"))?;
+            pending
+                .query(
+                    &format!("CREATE_REPLICATION_SLOT {name} TEMPORARY LOGICAL pgoutput"),
+                    "creating the temporary slot",
+                )
+                .await?;
         }
-        client.start().await.map_err(err("start"))?;
-        client.wait_started().await.map_err(err("start"))?;
-        Ok(ReplicationSession {
-            client,
-            tenant: tenant.clone(),
-            confirmed: start,
-        })
+        pending.start().await
+    }
+
+    /// Creates the tenant's (permanent) slot on a new replication session
+    /// with an exported snapshot: a regular connection that runs
+    /// `SET TRANSACTION SNAPSHOT '<name>'` sees exactly the rows committed
+    /// before the slot's consistent point, and the stream started afterwards
+    /// carries what came later. The snapshot stays valid until the pending
+    /// session runs its next command (`start`).
+    pub async fn create_slot_with_snapshot(
+        tenant: &TenantConfig,
+    ) -> Result<(PendingSession, ExportedSnapshot), SourceError> {
+        let mut pending = PendingSession::connect(tenant, &SlotKind::Permanent, Lsn::ZERO).await?;
+        let rows = pending
+            .query(
+                &format!(
+                    "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
+                    tenant.slot
+                ),
+                "creating the slot",
+            )
+            .await?;
+        let text = |row: &pgwire_replication::QueryRow, i: usize| {
+            row.get(i)
+                .and_then(|v| v.as_ref())
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        let row = rows.first().ok_or_else(|| SourceError::Setup {
+            tenant: tenant.id.clone(),
+            problem: "CREATE_REPLICATION_SLOT returned no row".into(),
+            fix: "check the server log; this is unexpected".into(),
+        })?;
+        let consistent_point = text(row, 1)
+            .parse::<Lsn>()
+            .map_err(|e| SourceError::Setup {
+                tenant: tenant.id.clone(),
+                problem: format!("CREATE_REPLICATION_SLOT returned {e}"),
+                fix: "check the server log; this is unexpected".into(),
+            })?;
+        let snapshot = ExportedSnapshot {
+            consistent_point,
+            name: text(row, 2),
+        };
+        Ok((pending, snapshot))
     }
 
     /// The next event; `None` when the server ended the stream.

@@ -233,3 +233,27 @@ fn setup_failure(
         fix,
     }
 }
+
+/// Whether the tenant's slot exists (`Some`) and is in use by a session.
+pub async fn slot_state(
+    client: &Client,
+    tenant: &TenantConfig,
+) -> Result<Option<bool>, SourceError> {
+    Ok(client
+        .query_opt(
+            "select active from pg_replication_slots where slot_name = $1",
+            &[&tenant.slot],
+        )
+        .await
+        .map_err(query_err(tenant, "reading pg_replication_slots"))?
+        .map(|r| r.get::<_, bool>(0)))
+}
+
+/// Drops the tenant's slot (it must not be in use).
+pub async fn drop_slot(client: &Client, tenant: &TenantConfig) -> Result<(), SourceError> {
+    client
+        .execute("select pg_drop_replication_slot($1)", &[&tenant.slot])
+        .await
+        .map_err(query_err(tenant, "dropping the replication slot"))?;
+    Ok(())
+}

@@ -4,6 +4,7 @@
 
 mod pipeline;
 mod restart;
+pub mod snapshot;
 
 pub use pipeline::{PipelineError, PipelineOptions};
 pub use restart::{Backoff, INITIAL_BACKOFF, MAX_BACKOFF};

@@ -5,6 +5,7 @@
 //! is confirmed to Postgres only after the sink committed it.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use pgwire_replication::ReplicationEvent;
 use tokio::sync::watch;
@@ -14,9 +15,13 @@ use super::{Backoff, TenantState};
 use crate::apply::{Applier, ApplyError};
 use crate::config::TenantConfig;
 use crate::decode::{decode, DecodeError, PgOutputMessage};
-use crate::model::{ChangeEvent, Lsn, TableName};
-use crate::sink::{EventSink, SinkError};
-use crate::source::{self, ReplicationSession, SlotKind, SourceError};
+use crate::model::{ChangeEvent, EventId, Lsn, TableName};
+use crate::sink::{EventSink, RedisSink, SinkError};
+use crate::source::{self, PendingSession, ReplicationSession, SlotKind, SourceError};
+
+/// How often a tenant with a Redis mirror checks that Redis still holds its
+/// epoch marker (it also checks with every write).
+const EPOCH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How a tenant's pipeline runs.
 #[derive(Debug, Clone)]
@@ -29,6 +34,9 @@ pub struct PipelineOptions {
     pub create_missing: bool,
     /// Stop at the first error that needs a human instead of retrying.
     pub give_up_on_definite: bool,
+    /// The tenant's Redis sink (the same object as the pipeline's sink),
+    /// for the initial snapshot and the epoch check.
+    pub mirror: Option<Arc<RedisSink>>,
 }
 
 impl Default for PipelineOptions {
@@ -38,6 +46,7 @@ impl Default for PipelineOptions {
             tables: None,
             create_missing: true,
             give_up_on_definite: false,
+            mirror: None,
         }
     }
 }
@@ -69,6 +78,12 @@ pub enum PipelineError {
     },
     #[error("tenant {tenant}: the server ended the replication stream")]
     StreamEnded { tenant: String },
+    #[error("tenant {tenant}: initial snapshot failed")]
+    Snapshot {
+        tenant: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl PipelineError {
@@ -79,13 +94,22 @@ impl PipelineError {
             PipelineError::Decode { .. }
             | PipelineError::Apply { .. }
             | PipelineError::StreamEnded { .. } => true,
-            PipelineError::Sink { .. } => false,
+            PipelineError::Sink { source, .. } => {
+                matches!(source, SinkError::Lost | SinkError::Redis(_))
+            }
+            PipelineError::Snapshot { .. } => true,
         }
     }
 
     /// Nothing can continue (the output is gone).
     pub fn is_fatal(&self) -> bool {
-        matches!(self, PipelineError::Sink { .. })
+        matches!(
+            self,
+            PipelineError::Sink {
+                source: SinkError::Closed | SinkError::Io(_),
+                ..
+            }
+        )
     }
 }
 
@@ -97,6 +121,9 @@ pub(super) struct Progress {
     last_commit: Lsn,
     /// End LSN of that transaction: where the next session starts.
     confirmed_end: Lsn,
+    /// The last event handed to the sink: a transaction cut off by a
+    /// reconnect is sent again whole, and its first part is not written twice.
+    last_written: Option<EventId>,
 }
 
 pub(super) async fn run_session(
@@ -120,12 +147,23 @@ pub(super) async fn run_session(
     // Inside a transaction that was already written before a reconnect.
     let mut skipping = false;
     let tenant_name = || tenant.id.to_string();
+    let mut epoch_check = tokio::time::interval(EPOCH_CHECK_INTERVAL);
+    epoch_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             biased;
             // Shutdown between transactions; inside one we read on to its
             // Commit so that what was written gets confirmed.
             _ = cancel.cancelled(), if applier.in_transaction().is_none() && !skipping => break,
+            // An idle tenant notices too when Redis lost its data.
+            _ = epoch_check.tick(), if options.mirror.is_some() => {
+                if let Some(mirror) = &options.mirror {
+                    if mirror.epoch_lost().await {
+                        return Err(PipelineError::Sink { tenant: tenant_name(), source: SinkError::Lost });
+                    }
+                }
+                continue;
+            }
             // The next message from the server.
             event = session.recv() => event?,
         };
@@ -167,7 +205,14 @@ pub(super) async fn run_session(
                         tenant: tenant_name(),
                         source,
                     })?;
-                write(sink, options, &mut events, tenant).await?;
+                write(
+                    sink,
+                    options,
+                    &mut events,
+                    tenant,
+                    &mut progress.last_written,
+                )
+                .await?;
             }
             ReplicationEvent::Message {
                 transactional,
@@ -180,9 +225,16 @@ pub(super) async fn run_session(
                     continue;
                 }
                 events.push(applier.message(transactional, lsn, prefix, content));
-                write(sink, options, &mut events, tenant).await?;
+                write(
+                    sink,
+                    options,
+                    &mut events,
+                    tenant,
+                    &mut progress.last_written,
+                )
+                .await?;
                 if !transactional {
-                    commit_sink(sink, tenant).await?;
+                    commit_sink(sink, tenant, None).await?;
                 }
             }
             ReplicationEvent::Commit { lsn, end_lsn, .. } => {
@@ -193,7 +245,7 @@ pub(super) async fn run_session(
                         tenant: tenant_name(),
                         source,
                     })?;
-                    commit_sink(sink, tenant).await?;
+                    commit_sink(sink, tenant, Some(Lsn::from(end_lsn))).await?;
                     progress.last_commit = Lsn::from(lsn);
                 }
                 progress.confirmed_end = progress.confirmed_end.max(Lsn::from(end_lsn));
@@ -207,14 +259,17 @@ pub(super) async fn run_session(
     Ok(())
 }
 
-/// Checks (and with `create_missing` creates) publication and slot.
-async fn prepare(tenant: &TenantConfig, options: &PipelineOptions) -> Result<(), PipelineError> {
+/// Checks (and with `create_missing` creates) publication and slot. With a
+/// Redis mirror whose epoch marker is missing (first start, or Redis lost its
+/// data), (re)creates the slot with an exported snapshot, copies the hot rows,
+/// and returns the pending session that streams from the snapshot's point.
+async fn prepare(
+    tenant: &TenantConfig,
+    options: &PipelineOptions,
+) -> Result<Option<PendingSession>, PipelineError> {
     let client = source::connect(tenant, "walcast").await?;
     if options.create_missing {
         source::ensure_publication(&client, tenant).await?;
-        if options.slot == SlotKind::Permanent {
-            source::ensure_slot(&client, tenant).await?;
-        }
     } else {
         let missing: Vec<String> = source::setup_sql(&client, tenant)
             .await?
@@ -231,7 +286,48 @@ async fn prepare(tenant: &TenantConfig, options: &PipelineOptions) -> Result<(),
             .into());
         }
     }
-    Ok(())
+    if options.slot != SlotKind::Permanent {
+        return Ok(None);
+    }
+    let Some(mirror) = &options.mirror else {
+        if options.create_missing {
+            source::ensure_slot(&client, tenant).await?;
+        }
+        return Ok(None);
+    };
+    let epoch = mirror.read_epoch().await;
+    let slot = source::slot_state(&client, tenant).await?;
+    if !epoch.is_empty() && slot.is_some() {
+        mirror.set_expected_epoch(epoch).await;
+        return Ok(None);
+    }
+    if let Some(active) = slot {
+        if active {
+            return Err(SourceError::Setup {
+                tenant: tenant.id.clone(),
+                problem: format!("redis has no data for this tenant and needs a new snapshot, but slot {} is in use by another session", tenant.slot),
+                fix: "stop the other reader of the slot (another walcast?); walcast retries".into(),
+            }
+            .into());
+        }
+        tracing::warn!(tenant = %tenant.id, slot = %tenant.slot, "redis holds no epoch marker for this tenant (first start with redis, or redis lost its data): recreating the slot with a snapshot; the stream restarts at the snapshot");
+        source::drop_slot(&client, tenant).await?;
+    }
+    let snapshot_err = |source: Box<dyn std::error::Error + Send + Sync>| PipelineError::Snapshot {
+        tenant: tenant.id.to_string(),
+        source,
+    };
+    let (pending, snapshot) = ReplicationSession::create_slot_with_snapshot(tenant).await?;
+    tracing::info!(tenant = %tenant.id, consistent_point = %snapshot.consistent_point, "created slot with snapshot; copying hot rows into redis");
+    let rows = super::snapshot::copy(&client, tenant, mirror, &snapshot)
+        .await
+        .map_err(|e| snapshot_err(Box::new(e)))?;
+    mirror
+        .finish_snapshot(snapshot.consistent_point)
+        .await
+        .map_err(|e| snapshot_err(Box::new(e)))?;
+    tracing::info!(tenant = %tenant.id, rows, "snapshot complete; streaming from its consistent point");
+    Ok(Some(pending))
 }
 
 async fn write(
@@ -239,7 +335,14 @@ async fn write(
     options: &PipelineOptions,
     events: &mut Vec<ChangeEvent>,
     tenant: &TenantConfig,
+    last_written: &mut Option<EventId>,
 ) -> Result<(), PipelineError> {
+    if let Some(last) = *last_written {
+        events.retain(|e| e.id > last);
+    }
+    if let Some(last) = events.last() {
+        *last_written = Some(last.id);
+    }
     if let Some(tables) = &options.tables {
         events.retain(|e| e.table().is_some_and(|t| tables.contains(t)));
     }
@@ -255,11 +358,17 @@ async fn write(
     Ok(())
 }
 
-async fn commit_sink(sink: &dyn EventSink, tenant: &TenantConfig) -> Result<(), PipelineError> {
-    sink.commit().await.map_err(|source| PipelineError::Sink {
-        tenant: tenant.id.to_string(),
-        source,
-    })
+async fn commit_sink(
+    sink: &dyn EventSink,
+    tenant: &TenantConfig,
+    end_lsn: Option<Lsn>,
+) -> Result<(), PipelineError> {
+    sink.commit(end_lsn)
+        .await
+        .map_err(|source| PipelineError::Sink {
+            tenant: tenant.id.to_string(),
+            source,
+        })
 }
 
 fn slot_name<'a>(tenant: &'a TenantConfig, slot: &'a SlotKind) -> &'a str {

@@ -1,0 +1,143 @@
+//! Redis key names. Every key of a tenant starts with `<prefix>:{<tenant>}:`:
+//! the braces are a Redis Cluster hash tag, so all of a tenant's keys live in
+//! one slot and one script can touch them atomically. Table names and key
+//! values are percent-encoded so that `:` `{` `}` in data can neither collide
+//! nor escape the tenant.
+
+use crate::config::TenantId;
+use crate::model::{Datum, RowImage, TableName};
+
+/// The key names of one tenant.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    base: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str, tenant: &TenantId) -> Keys {
+        Keys {
+            base: format!("{prefix}:{{{}}}", tenant.as_str()),
+        }
+    }
+
+    /// The per-tenant event stream.
+    pub fn events(&self) -> String {
+        format!("{}:events", self.base)
+    }
+
+    /// The applied watermark: `last_id` (sortable), `event_id`, `end_lsn`.
+    pub fn applied(&self) -> String {
+        format!("{}:applied", self.base)
+    }
+
+    /// The epoch marker: written by a snapshot; its absence means Redis lost
+    /// the tenant's data.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.base)
+    }
+
+    /// Commit times of stream entries, for age-based trimming.
+    pub fn stream_times(&self) -> String {
+        format!("{}:stream_times", self.base)
+    }
+
+    /// Prefix of the mirrored rows: `<prefix>:{t}:row:`.
+    pub fn row_prefix(&self) -> String {
+        format!("{}:row:", self.base)
+    }
+
+    /// Prefix of the per-row index membership sets.
+    pub fn rowidx_prefix(&self) -> String {
+        format!("{}:rowidx:", self.base)
+    }
+
+    /// One mirrored row.
+    pub fn row(&self, table: &TableName, key: &str) -> String {
+        format!("{}:row:{}:{key}", self.base, table_part(table))
+    }
+
+    /// The index sets one row is a member of.
+    pub fn rowidx(&self, table: &TableName, key: &str) -> String {
+        format!("{}:rowidx:{}:{key}", self.base, table_part(table))
+    }
+
+    /// Every row key of a mirrored table.
+    pub fn rows(&self, table: &TableName) -> String {
+        format!("{}:rows:{}", self.base, table_part(table))
+    }
+
+    /// Every index set key of a mirrored table.
+    pub fn index_sets(&self, table: &TableName) -> String {
+        format!("{}:idxsets:{}", self.base, table_part(table))
+    }
+
+    /// The set of rows whose `column` has the value whose JSON text is `value_json`.
+    pub fn index(&self, table: &TableName, column: &str, value_json: &str) -> String {
+        format!(
+            "{}:idx:{}:{}:{value_json}",
+            self.base,
+            table_part(table),
+            escape(column)
+        )
+    }
+}
+
+fn table_part(table: &TableName) -> String {
+    format!("{}.{}", escape(&table.schema), escape(&table.name))
+}
+
+/// The key part of a row: its key columns' values, each percent-encoded,
+/// joined by `,`. `None` when a key column is missing from the image.
+pub fn row_key(image: &RowImage, columns: &[&str]) -> Option<String> {
+    let mut parts = Vec::with_capacity(columns.len());
+    for column in columns {
+        let text = match image.get(column)? {
+            Datum::Int(i) => i.to_string(),
+            Datum::Text(s) => s.clone(),
+            other => crate::model::datum_json(other),
+        };
+        parts.push(escape(&text));
+    }
+    Some(parts.join(","))
+}
+
+/// Percent-encodes every byte outside `[A-Za-z0-9_.-]` (and `.` itself in
+/// names, where it separates schema and table).
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_hash_tagged_and_data_cannot_escape() {
+        let keys = Keys::new("walcast", &crate::config::TenantId::for_tests("acme"));
+        let table = TableName::new("public", "tasks");
+        assert_eq!(keys.events(), "walcast:{acme}:events");
+        assert_eq!(keys.row(&table, "42"), "walcast:{acme}:row:public.tasks:42");
+        let image = RowImage(vec![("id".into(), Datum::Text("a:b}{c,d".into()))]);
+        let key = row_key(&image, &["id"]).unwrap();
+        assert_eq!(key, "a%3Ab%7D%7Bc%2Cd");
+        let odd = TableName::new("my.schema", "t:{x}");
+        assert_eq!(
+            keys.rows(&odd),
+            "walcast:{acme}:rows:my%2Eschema.t%3A%7Bx%7D"
+        );
+        let two = RowImage(vec![
+            ("a".into(), Datum::Int(1)),
+            ("b".into(), Datum::Text("x,y".into())),
+        ]);
+        assert_eq!(row_key(&two, &["a", "b"]).unwrap(), "1,x%2Cy");
+        assert_eq!(row_key(&two, &["c"]), None);
+    }
+}
