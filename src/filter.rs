@@ -58,28 +58,29 @@ impl RowFilter {
             None => return Err(err("no operator: expected op.value after '='")),
         };
         let value = value.to_owned();
-        let op =
-            match op {
-                "eq" => FilterOp::Eq(value),
-                "neq" => FilterOp::Neq(value),
-                "lt" => FilterOp::Lt(value),
-                "lte" => FilterOp::Lte(value),
-                "gt" => FilterOp::Gt(value),
-                "gte" => FilterOp::Gte(value),
-                "in" => {
-                    let inner = value
-                        .strip_prefix('(')
-                        .and_then(|v| v.strip_suffix(')'))
-                        .ok_or_else(|| err("in needs a parenthesised list, like in.(a,b)"))?;
-                    FilterOp::In(split_list(inner))
-                }
-                "is" if value == "null" => FilterOp::IsNull,
-                "not.is" => FilterOp::NotNull,
-                "is" => return Err(err("is supports only null (is.null, or not.is.null)")),
-                other => return Err(err(&format!(
+        let op = match op {
+            "eq" => FilterOp::Eq(value),
+            "neq" => FilterOp::Neq(value),
+            "lt" => FilterOp::Lt(value),
+            "lte" => FilterOp::Lte(value),
+            "gt" => FilterOp::Gt(value),
+            "gte" => FilterOp::Gte(value),
+            "in" => {
+                let inner = value
+                    .strip_prefix('(')
+                    .and_then(|v| v.strip_suffix(')'))
+                    .ok_or_else(|| err("in needs a parenthesised list, like in.(a,b)"))?;
+                FilterOp::In(split_list(inner))
+            }
+            "is" if value == "null" => FilterOp::IsNull,
+            "not.is" => FilterOp::NotNull,
+            "is" => return Err(err("is supports only null (is.null, or not.is.null)")),
+            other => {
+                return Err(err(&format!(
                     "unknown operator {other:?} (use eq, neq, lt, lte, gt, gte, in, is, not.is)"
-                ))),
-            };
+                )))
+            }
+        };
         Ok(RowFilter {
             column: column.into(),
             op,

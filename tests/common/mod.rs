@@ -168,6 +168,10 @@ impl Walcast {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
@@ -246,5 +250,49 @@ impl Drop for Walcast {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+pub use walcast::localdev::LocalRedis;
+
+/// A synchronous connection to a test Redis.
+pub fn redis_conn(redis: &LocalRedis) -> redis::Connection {
+    redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .unwrap_or_else(|e| panic!("connecting to test redis: {e}"))
+}
+
+/// Every event in a tenant's Redis stream, in stream order.
+pub fn stream_events(con: &mut redis::Connection, tenant: &str) -> Vec<serde_json::Value> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("walcast:{{{tenant}}}:events"))
+        .arg("-")
+        .arg("+")
+        .query(con)
+        .expect("XRANGE");
+    entries
+        .into_iter()
+        .map(|(id, fields)| {
+            let json = &fields
+                .iter()
+                .find(|(f, _)| f == "event")
+                .expect("event field")
+                .1;
+            let event: serde_json::Value =
+                serde_json::from_str(json).expect("stream entry is JSON");
+            assert_eq!(event["id"], id.as_str(), "stream id is the event id");
+            event
+        })
+        .collect()
+}
+
+/// Polls `check` every 100 ms until it returns true or `WAIT` passes.
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
