@@ -76,6 +76,15 @@ pub enum Command {
         #[arg(long)]
         temporary_slot: bool,
     },
+    /// Rebuild a tenant's Redis mirror from a new consistent snapshot. When
+    /// `walcast run` holds the tenant's slot, it is told to do it (within a
+    /// few seconds; its log shows the progress); otherwise resync does it
+    /// here, with a progress bar. The stream restarts at the snapshot.
+    Resync {
+        /// The tenant to resync.
+        #[arg(long)]
+        tenant: String,
+    },
     /// Try walcast with nothing set up: starts a throwaway PostgreSQL cluster
     /// (needs the PostgreSQL server binaries installed), writes example task
     /// activity into it and prints the change events. Ctrl-C removes it all.

@@ -98,3 +98,37 @@ async fn setup_one(tenant: &TenantConfig, dry_run: bool) -> Result<(), SourceErr
     println!("-- done");
     Ok(())
 }
+
+/// Why `walcast resync` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error(
+        "resync needs a [redis] section in the config (there is no mirror to rebuild without it)"
+    )]
+    NoRedis,
+    #[error("cannot reach redis")]
+    Redis(#[source] crate::sink::SinkError),
+    #[error(transparent)]
+    Pipeline(#[from] crate::tenant::PipelineError),
+}
+
+/// `walcast resync --tenant ID`.
+pub async fn resync(config: &Config, tenant: &str) -> Result<ExitCode, ResyncError> {
+    let tenant = find_tenant(config, tenant)?;
+    let redis_config = config.redis.as_ref().ok_or(ResyncError::NoRedis)?;
+    let conn = crate::sink::redis::connect(redis_config)
+        .await
+        .map_err(ResyncError::Redis)?;
+    let mirror = crate::sink::RedisSink::new(tenant, redis_config, conn);
+    if crate::tenant::resync(tenant, &mirror).await? {
+        println!("tenant {}: mirror rebuilt from a new snapshot", tenant.id);
+    } else {
+        println!(
+            "tenant {}: slot {} is in use (walcast run?): it was told to re-snapshot and does so within a few seconds; its log shows the progress",
+            tenant.id, tenant.slot
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -47,6 +47,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             tables,
             temporary_slot,
         } => app::tail(config, &tenant, &tables, temporary_slot, root).await?,
+        Command::Resync { tenant } => return Ok(commands::resync(&config, &tenant).await?),
         Command::Check { tenant } => return Ok(commands::check(&config, tenant.as_deref()).await?),
         Command::Setup { dry_run, tenant } => {
             return Ok(commands::setup(&config, tenant.as_deref(), dry_run).await?)

@@ -466,3 +466,56 @@ fn flushall_rebuilds_the_mirror_and_a_paused_redis_loses_nothing() {
     let (status, _, stderr) = walcast.interrupt();
     assert!(status.success(), "{stderr}");
 }
+
+#[test]
+fn resync_rebuilds_the_mirror_offline_and_online() {
+    let redis = LocalRedis::start().expect("redis");
+    let acme = tenant("acme");
+    acme.db.sql(
+        "insert into jobs values (1, 'queued', 1, 'ana', '{}'), (2, 'running', 1, 'bo', '{}')",
+    );
+    let dir = TempDir::new("redis-resync");
+    let config = config(&redis, &[&acme], &dir);
+    let mut con = redis_conn(&redis);
+
+    // Offline: resync takes the snapshot itself.
+    let (status, stdout, stderr) = walcast_output(&config, &["resync", "--tenant", "acme"]);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("mirror rebuilt from a new snapshot"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("snapshot of table done"), "{stderr}");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg("walcast:{acme}:row:public.jobs:2")
+        .query(&mut con)
+        .unwrap();
+    assert!(exists);
+
+    // Online: a row changed behind walcast's back is repaired by resync.
+    let walcast = Walcast::spawn(&config, &["run"]);
+    walcast.wait_log("streaming", 1);
+    let _: () = redis::cmd("DEL")
+        .arg("walcast:{acme}:row:public.jobs:1")
+        .query(&mut con)
+        .unwrap();
+    let (status, stdout, _) = walcast_output(&config, &["resync", "--tenant", "acme"]);
+    assert!(status.success());
+    assert!(stdout.contains("is in use"), "{stdout}");
+    wait_until("the repaired row", || {
+        redis::cmd("EXISTS")
+            .arg("walcast:{acme}:row:public.jobs:1")
+            .query::<bool>(&mut con)
+            .unwrap()
+    });
+    acme.db
+        .sql("update jobs set status = 'succeeded' where id = 2");
+    wait_until("the cold row to leave the mirror", || {
+        !redis::cmd("EXISTS")
+            .arg("walcast:{acme}:row:public.jobs:2")
+            .query::<bool>(&mut con)
+            .unwrap()
+    });
+    let (status, _, stderr) = walcast.interrupt();
+    assert!(status.success(), "{stderr}");
+}

@@ -774,6 +774,39 @@ tables = ["tasks", "audit.Log", '"Mixed"."Case"']
     }
 
     #[test]
+    fn redis_and_mirror_rules() {
+        let base =
+            "[[tenants]]\nid = \"a\"\nurl = \"postgres://u@h/d\"\ntables = [\"tasks\", \"envs\"]\n";
+        let config = load(&format!(
+            "[redis]\nurl = \"redis://:${{PGPASS}}@r:6379/\"\n[[mirror]]\ntable = \"tasks\"\nhot_when = [\"status=in.(queued,running)\"]\nindex = [\"status\"]\n{base}[[tenants.mirror]]\ntable = \"envs\"\nformat = \"json\"\n"
+        ))
+        .unwrap();
+        let redis = config.redis.as_ref().unwrap();
+        assert_eq!(redis.url, "redis://:s3cret@r:6379/");
+        assert!(!format!("{redis:?}").contains("s3cret"));
+        assert_eq!(redis.stream_max_len, Some(DEFAULT_STREAM_MAX_LEN));
+        let mirror = &config.tenants[0].mirror;
+        assert_eq!(mirror.len(), 2);
+        assert_eq!(mirror[0].format, MirrorFormat::Json);
+        assert_eq!(
+            mirror[1].hot_when[0].to_string(),
+            "status=in.(queued,running)"
+        );
+
+        for (text, expected) in [
+            (format!("[[mirror]]\ntable = \"tasks\"\n{base}"), "mirror rules need a [redis] section"),
+            (format!("[redis]\nurl = \"http://r\"\n{base}"), "redis url must start with redis://"),
+            (format!("[redis]\nurl = \"redis://r\"\n[[mirror]]\ntable = \"other\"\n{base}"), "mirror table public.other is not in any tenant's tables"),
+            (format!("[redis]\nurl = \"redis://r\"\n[[mirror]]\ntable = \"tasks\"\nhot_when = [\"status=like.x\"]\n{base}"), "unknown operator \"like\""),
+            (format!("[redis]\nurl = \"redis://r\"\n[[mirror]]\ntable = \"tasks\"\nformat = \"xml\"\n{base}"), "format \"xml\" is not known"),
+        ] {
+            let err = load(&text).unwrap_err();
+            assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+            assert!(err.starts_with("walcast.toml:"), "{err}");
+        }
+    }
+
+    #[test]
     fn unreadable_file_says_how_to_fix() {
         let err = super::super::load(Path::new("/nonexistent/walcast.toml")).unwrap_err();
         let text = err.to_string();

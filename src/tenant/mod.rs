@@ -101,6 +101,34 @@ pub async fn run_tenant(
     }
 }
 
+/// `walcast resync`: takes a new snapshot of the tenant's mirrored tables
+/// now, when no session holds its slot; returns `false` (after removing the
+/// epoch marker, so that the running walcast re-snapshots by itself) when one
+/// does.
+pub async fn resync(
+    tenant: &TenantConfig,
+    mirror: &crate::sink::RedisSink,
+) -> Result<bool, PipelineError> {
+    let client = crate::source::connect(tenant, "walcast resync").await?;
+    crate::source::ensure_publication(&client, tenant).await?;
+    let slot = crate::source::slot_state(&client, tenant).await?;
+    mirror
+        .forget_epoch()
+        .await
+        .map_err(|source| PipelineError::Sink {
+            tenant: tenant.id.to_string(),
+            source,
+        })?;
+    if slot == Some(true) {
+        return Ok(false);
+    }
+    let pending = pipeline::snapshot_into(&client, tenant, mirror, slot).await?;
+    // The slot stays; the running daemon (or the next start) streams from
+    // the snapshot's point.
+    drop(pending);
+    Ok(true)
+}
+
 /// An error and its causes on one line, joined by ": ".
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();

@@ -301,6 +301,25 @@ async fn prepare(
         mirror.set_expected_epoch(epoch).await;
         return Ok(None);
     }
+    snapshot_into(&client, tenant, mirror, slot).await.map(Some)
+}
+
+/// Recreates the tenant's slot with an exported snapshot and copies the hot
+/// rows of its mirrored tables into Redis. `slot`: whether the slot exists
+/// and is in use. Returns the session that streams from the snapshot's point.
+pub(crate) async fn snapshot_into(
+    client: &tokio_postgres::Client,
+    tenant: &TenantConfig,
+    mirror: &RedisSink,
+    slot: Option<bool>,
+) -> Result<PendingSession, PipelineError> {
+    let mut slot = slot;
+    // Our own previous session may still be ending on the server.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while slot == Some(true) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        slot = source::slot_state(client, tenant).await?;
+    }
     if let Some(active) = slot {
         if active {
             return Err(SourceError::Setup {
@@ -311,7 +330,7 @@ async fn prepare(
             .into());
         }
         tracing::warn!(tenant = %tenant.id, slot = %tenant.slot, "redis holds no epoch marker for this tenant (first start with redis, or redis lost its data): recreating the slot with a snapshot; the stream restarts at the snapshot");
-        source::drop_slot(&client, tenant).await?;
+        source::drop_slot(client, tenant).await?;
     }
     let snapshot_err = |source: Box<dyn std::error::Error + Send + Sync>| PipelineError::Snapshot {
         tenant: tenant.id.to_string(),
@@ -319,7 +338,7 @@ async fn prepare(
     };
     let (pending, snapshot) = ReplicationSession::create_slot_with_snapshot(tenant).await?;
     tracing::info!(tenant = %tenant.id, consistent_point = %snapshot.consistent_point, "created slot with snapshot; copying hot rows into redis");
-    let rows = super::snapshot::copy(&client, tenant, mirror, &snapshot)
+    let rows = super::snapshot::copy(client, tenant, mirror, &snapshot)
         .await
         .map_err(|e| snapshot_err(Box::new(e)))?;
     mirror
@@ -327,7 +346,7 @@ async fn prepare(
         .await
         .map_err(|e| snapshot_err(Box::new(e)))?;
     tracing::info!(tenant = %tenant.id, rows, "snapshot complete; streaming from its consistent point");
-    Ok(Some(pending))
+    Ok(pending)
 }
 
 async fn write(

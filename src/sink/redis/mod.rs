@@ -133,6 +133,16 @@ impl RedisSink {
         }
     }
 
+    /// Removes the epoch marker: the tenant's next session re-snapshots.
+    pub async fn forget_epoch(&self) -> Result<(), SinkError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("DEL")
+            .arg(self.keys.epoch())
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(SinkError::redis)
+    }
+
     /// Adopts `epoch` as the marker this process writes under (the one in Redis).
     pub async fn set_expected_epoch(&self, epoch: String) {
         self.state.lock().await.epoch = Some(epoch);
