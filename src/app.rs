@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, RedisConfig, TenantConfig};
-use crate::sink::{EventSink, RedisSink, StdoutSink};
+use crate::sink::{EventSink, MemoryRing, RedisSink, StdoutSink, TeeSink};
 use crate::source::SlotKind;
 use crate::tenant::{run_tenant, PipelineError, PipelineOptions, TenantState};
 
@@ -76,7 +76,7 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
             Some(conn)
         }
         None => {
-            tracing::info!(tenants = config.tenants.len(), "starting without [redis]: no mirror and no resumable stream; events go to standard output");
+            tracing::info!(tenants = config.tenants.len(), ring_events = crate::sink::memory::DEFAULT_RING_EVENTS, "starting without [redis]: no mirror; events go to standard output, and the most recent per tenant are kept in memory for resuming");
             None
         }
     };
@@ -93,7 +93,12 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
                 };
                 (mirror as Arc<dyn EventSink>, options)
             }
-            _ => (Arc::clone(&stdout), PipelineOptions::default()),
+            _ => {
+                let ring: Arc<dyn EventSink> =
+                    Arc::new(MemoryRing::new(crate::sink::memory::DEFAULT_RING_EVENTS));
+                let tee: Arc<dyn EventSink> = Arc::new(TeeSink(vec![Arc::clone(&stdout), ring]));
+                (tee, PipelineOptions::default())
+            }
         };
         let root_for_fatal = root.clone();
         tracker.spawn(async move {

@@ -20,6 +20,7 @@
 //! - `sink`: where events go (standard output for now);
 //! - `tenant`: the per-tenant supervisor with back-off;
 //! - `app`, `commands`, `demo`: wiring of `run`/`tail`, `check`/`setup`, and `demo`;
+//! - `metrics`: metric names and descriptions;
 //! - `localdev`: throwaway local Postgres clusters and redis-servers (tests).
 
 pub mod app;
@@ -31,6 +32,7 @@ pub mod decode;
 pub mod demo;
 pub mod filter;
 pub mod localdev;
+pub mod metrics;
 pub mod model;
 pub mod sink;
 pub mod source;

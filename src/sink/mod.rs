@@ -3,10 +3,12 @@
 //! mirror and the per-tenant stream). A sink says when a transaction is
 //! durably written; only then does the source confirm it to Postgres.
 
+pub mod memory;
 pub mod redis;
 mod stdout;
 
 pub use self::redis::RedisSink;
+pub use memory::{MemoryRing, Resume, TeeSink};
 pub use stdout::StdoutSink;
 
 use std::future::Future;

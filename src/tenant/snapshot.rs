@@ -132,6 +132,8 @@ pub async fn copy(
                 break;
             }
             done += rows.len() as u64;
+            metrics::counter!(crate::metrics::SNAPSHOT_ROWS_COPIED, crate::metrics::TENANT => tenant.id.to_string(), crate::metrics::TABLE => table.to_string())
+                .increment(rows.len() as u64);
             sink.write_snapshot_rows(table, &rows, &key_columns)
                 .await
                 .map_err(SnapshotError::Sink)?;

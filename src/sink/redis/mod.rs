@@ -287,7 +287,15 @@ impl RedisSink {
                 entry.push_args(&mut invocation);
             }
             let mut conn = self.conn.clone();
-            match invocation.invoke_async::<u64>(&mut conn).await {
+            let started = std::time::Instant::now();
+            let result = invocation.invoke_async::<u64>(&mut conn).await;
+            if result.is_ok() {
+                metrics::histogram!(crate::metrics::REDIS_WRITE_SECONDS, crate::metrics::TENANT => self.tenant.to_string())
+                    .record(started.elapsed().as_secs_f64());
+            } else {
+                metrics::counter!(crate::metrics::REDIS_WRITE_ERRORS, crate::metrics::TENANT => self.tenant.to_string()).increment(1);
+            }
+            match result {
                 Ok(applied) => return Ok(applied),
                 Err(error) if error.to_string().contains("WALCAST_EPOCH") => {
                     return Err(SinkError::Lost)
