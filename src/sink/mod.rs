@@ -48,6 +48,13 @@ pub trait EventSink: Send + Sync {
     /// Makes everything written so far durable; after it returns the
     /// transaction (ending at `end_lsn`, if it is one) may be confirmed.
     fn commit(&self, end_lsn: Option<Lsn>) -> SinkFuture<'_>;
+    /// Whether events handed to `write` are out for good even before
+    /// `commit` (standard output): then a transaction cut off by a reconnect
+    /// is not handed over again. Sinks that drop uncommitted events on
+    /// `reset` say `false` and get them again.
+    fn keeps_uncommitted(&self) -> bool {
+        false
+    }
     /// A new replication session starts: forget what was written but not
     /// committed (Postgres sends that transaction again).
     fn reset(&self) -> SinkFuture<'_> {

@@ -42,6 +42,10 @@ impl EventSink for StdoutSink {
         })
     }
 
+    fn keeps_uncommitted(&self) -> bool {
+        true
+    }
+
     fn commit(&self, _end_lsn: Option<Lsn>) -> SinkFuture<'_> {
         Box::pin(async move { self.out.lock().await.flush().await.map_err(map_err) })
     }

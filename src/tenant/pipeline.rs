@@ -23,6 +23,23 @@ use crate::source::{self, PendingSession, ReplicationSession, SlotKind, SourceEr
 /// epoch marker (it also checks with every write).
 const EPOCH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Group commit: transactions are committed to the sink (and confirmed) once
+/// the stream has nothing more ready, or after this many transactions, or
+/// after this long, whichever comes first. One Redis round trip then covers
+/// many small transactions.
+const GROUP_COMMIT_TXNS: usize = 500;
+const GROUP_COMMIT_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Transactions handed to the sink and not yet committed there.
+struct Unflushed {
+    last_commit: Lsn,
+    end: Lsn,
+    txns: usize,
+    since: std::time::Instant,
+    /// The last event of the last complete transaction.
+    last_event: Option<EventId>,
+}
+
 /// How a tenant's pipeline runs.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
@@ -124,6 +141,8 @@ pub(super) struct Progress {
     /// The last event handed to the sink: a transaction cut off by a
     /// reconnect is sent again whole, and its first part is not written twice.
     last_written: Option<EventId>,
+    /// The last event of the last transaction the sink committed.
+    committed_event: Option<EventId>,
 }
 
 pub(super) async fn run_session(
@@ -147,6 +166,7 @@ pub(super) async fn run_session(
     // Inside a transaction that was already written before a reconnect.
     let mut skipping = false;
     let tenant_name = || tenant.id.to_string();
+    let mut unflushed: Option<Unflushed> = None;
     let mut epoch_check = tokio::time::interval(EPOCH_CHECK_INTERVAL);
     epoch_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -154,7 +174,7 @@ pub(super) async fn run_session(
             biased;
             // Shutdown between transactions; inside one we read on to its
             // Commit so that what was written gets confirmed.
-            _ = cancel.cancelled(), if applier.in_transaction().is_none() && !skipping => break,
+            _ = cancel.cancelled(), if applier.in_transaction().is_none() && !skipping && unflushed.is_none() => break,
             // An idle tenant notices too when Redis lost its data.
             _ = epoch_check.tick(), if options.mirror.is_some() => {
                 if let Some(mirror) = &options.mirror {
@@ -166,6 +186,11 @@ pub(super) async fn run_session(
             }
             // The next message from the server.
             event = session.recv() => event?,
+            // Nothing more is ready: commit what the sink holds.
+            _ = std::future::ready(()), if unflushed.is_some() => {
+                flush(sink, tenant, &mut unflushed, progress, &mut session).await?;
+                continue;
+            }
         };
         let Some(event) = event else {
             return Err(PipelineError::StreamEnded {
@@ -234,22 +259,47 @@ pub(super) async fn run_session(
                 )
                 .await?;
                 if !transactional {
-                    commit_sink(sink, tenant, None).await?;
+                    // Committed when the stream pauses, like a transaction.
+                    unflushed.get_or_insert_with(|| Unflushed {
+                        last_commit: progress.last_commit,
+                        end: progress.confirmed_end,
+                        txns: 0,
+                        since: std::time::Instant::now(),
+                        last_event: progress.committed_event,
+                    });
                 }
             }
             ReplicationEvent::Commit { lsn, end_lsn, .. } => {
+                let end = Lsn::from(end_lsn);
                 if skipping {
                     skipping = false;
-                } else {
-                    applier.commit().map_err(|source| PipelineError::Apply {
-                        tenant: tenant_name(),
-                        source,
-                    })?;
-                    commit_sink(sink, tenant, Some(Lsn::from(end_lsn))).await?;
-                    progress.last_commit = Lsn::from(lsn);
+                    match &mut unflushed {
+                        Some(u) => u.end = u.end.max(end),
+                        None => {
+                            progress.confirmed_end = progress.confirmed_end.max(end);
+                            session.confirm(progress.confirmed_end);
+                        }
+                    }
+                    continue;
                 }
-                progress.confirmed_end = progress.confirmed_end.max(Lsn::from(end_lsn));
-                session.confirm(progress.confirmed_end);
+                applier.commit().map_err(|source| PipelineError::Apply {
+                    tenant: tenant_name(),
+                    source,
+                })?;
+                let u = unflushed.get_or_insert_with(|| Unflushed {
+                    last_commit: progress.last_commit,
+                    end: progress.confirmed_end,
+                    txns: 0,
+                    since: std::time::Instant::now(),
+                    last_event: progress.committed_event,
+                });
+                u.last_commit = Lsn::from(lsn);
+                u.end = u.end.max(end);
+                u.txns += 1;
+                u.last_event = progress.last_written;
+                if u.txns >= GROUP_COMMIT_TXNS || u.since.elapsed() >= GROUP_COMMIT_MAX_DELAY {
+                    flush(sink, tenant, &mut unflushed, progress, &mut session).await?;
+                }
             }
             ReplicationEvent::KeepAlive { .. } | ReplicationEvent::StoppedAt { .. } => {}
         }
@@ -377,17 +427,28 @@ async fn write(
     Ok(())
 }
 
-async fn commit_sink(
+/// Commits what the sink holds, then confirms it to Postgres.
+async fn flush(
     sink: &dyn EventSink,
     tenant: &TenantConfig,
-    end_lsn: Option<Lsn>,
+    unflushed: &mut Option<Unflushed>,
+    progress: &mut Progress,
+    session: &mut ReplicationSession,
 ) -> Result<(), PipelineError> {
-    sink.commit(end_lsn)
+    let Some(u) = unflushed.take() else {
+        return Ok(());
+    };
+    sink.commit(Some(u.end))
         .await
         .map_err(|source| PipelineError::Sink {
             tenant: tenant.id.to_string(),
             source,
-        })
+        })?;
+    progress.last_commit = progress.last_commit.max(u.last_commit);
+    progress.confirmed_end = progress.confirmed_end.max(u.end);
+    progress.committed_event = progress.committed_event.max(u.last_event);
+    session.confirm(progress.confirmed_end);
+    Ok(())
 }
 
 fn slot_name<'a>(tenant: &'a TenantConfig, slot: &'a SlotKind) -> &'a str {

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# How close walcast (decoding into Redis: mirror + stream) comes to the speed
+# at which Postgres itself sends the changes (pg_recvlogical with pgoutput,
+# writing to /dev/null), on the same WAL:
+#   (a) 200,000 single-row transactions, (b) one 1,000,000-row transaction.
+# Prints, per workload: both elapsed times, their ratio (target <= 1.25),
+# changes/s, and walcast's CPU seconds and peak RSS.
+#
+# Usage: bash bench/redis_vs_recvlogical.sh [SINGLE_TXNS] [BIG_TXN_ROWS]
+# Needs the PostgreSQL server binaries, pg_recvlogical, pgbench, redis-server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SINGLE=${1:-200000}
+BIG=${2:-1000000}
+
+BIN=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+RUNAS=()
+[ "$(id -u)" = 0 ] && RUNAS=(runuser -u postgres --)
+WORK=$(mktemp -d /tmp/walcast-bench.XXXXXX)
+chmod 755 "$WORK"
+[ "$(id -u)" = 0 ] && chown postgres "$WORK"
+PGPORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+RPORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+WALCAST_PID=
+cleanup() {
+    [ -n "$WALCAST_PID" ] && kill "$WALCAST_PID" 2>/dev/null || true
+    "${RUNAS[@]}" "$BIN/pg_ctl" -D "$WORK/data" stop -m immediate >/dev/null 2>&1 || true
+    redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+cargo build --release --quiet
+WALCAST=$PWD/target/release/walcast
+
+"${RUNAS[@]}" "$BIN/initdb" -D "$WORK/data" -U postgres --auth=trust --no-sync >/dev/null
+"${RUNAS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w -o \
+    "-c port=$PGPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$WORK -c wal_level=logical -c fsync=off -c synchronous_commit=off -c max_wal_size=4GB -c shared_buffers=512MB" \
+    start >/dev/null
+redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --logfile "$WORK/redis.log" >/dev/null
+PSQL=("$BIN/psql" -X -q -At -h "$WORK" -p "$PGPORT" -U postgres -d postgres)
+
+"${PSQL[@]}" <<'SQL'
+create table tasks (id bigint primary key, status text not null, progress float8, payload jsonb,
+                    updated_at timestamptz, owner uuid, tags text[]);
+create publication walcast_bench for table tasks;
+SQL
+cat > "$WORK/walcast.toml" <<TOML
+[redis]
+url = "redis://127.0.0.1:$RPORT/"
+[[mirror]]
+table = "public.tasks"
+hot_when = ["status=in.(queued,running)"]
+index = ["status"]
+[[tenants]]
+id = "bench"
+url = "postgres://postgres@127.0.0.1:$PGPORT/postgres"
+publication = "walcast_bench"
+tables = ["public.tasks"]
+TOML
+
+# walcast creates its slot (with the snapshot of the empty table) and stops;
+# pg_recvlogical gets its own slot at the same point.
+"$WALCAST" --config "$WORK/walcast.toml" run >"$WORK/walcast.log" 2>&1 &
+WALCAST_PID=$!
+until grep -q "streaming" "$WORK/walcast.log"; do sleep 0.2; done
+kill -INT "$WALCAST_PID"; wait "$WALCAST_PID" || true; WALCAST_PID=
+"${PSQL[@]}" -c "select pg_create_logical_replication_slot('bench_recv', 'pgoutput')" >/dev/null
+
+measure() { # $1: workload name, $2: number of changes
+    local name=$1 changes=$2 end
+    end=$("${PSQL[@]}" -c "select pg_current_wal_lsn()")
+    # The floor: Postgres decoding and sending, read to /dev/null.
+    local t0 t1 recv_s walcast_s
+    t0=$(date +%s.%N)
+    "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -S bench_recv --start \
+        -o proto_version=1 -o publication_names=walcast_bench -E "$end" -f /dev/null
+    t1=$(date +%s.%N)
+    recv_s=$(echo "$t1 - $t0" | bc -l)
+    # walcast: until Redis's applied watermark reaches the same WAL end.
+    local target
+    target=$(python3 -c "h,l='$end'.split('/');print((int(h,16)<<32)+int(l,16))")
+    t0=$(date +%s.%N)
+    "$WALCAST" --config "$WORK/walcast.toml" run >>"$WORK/walcast.log" 2>&1 &
+    WALCAST_PID=$!
+    while :; do
+        applied=$(redis-cli -p "$RPORT" hget "walcast:{bench}:applied" end_lsn)
+        [ -n "$applied" ] && [ "$applied" -ge "$target" ] && break
+        sleep 0.02
+    done
+    t1=$(date +%s.%N)
+    walcast_s=$(echo "$t1 - $t0" | bc -l)
+    local stat hwm cpu
+    hwm=$(awk '/VmHWM/ {print $2}' "/proc/$WALCAST_PID/status")
+    stat=($(cut -d' ' -f14,15 "/proc/$WALCAST_PID/stat"))
+    cpu=$(echo "(${stat[0]} + ${stat[1]}) / $(getconf CLK_TCK)" | bc -l)
+    kill -INT "$WALCAST_PID"; wait "$WALCAST_PID" || true; WALCAST_PID=
+    printf '%s: %d changes\n' "$name" "$changes"
+    printf '  pg_recvlogical to /dev/null: %.2f s (%.0f changes/s)\n' "$recv_s" "$(echo "$changes / $recv_s" | bc -l)"
+    printf '  walcast into redis:          %.2f s (%.0f changes/s), cpu %.2f s, peak rss %d MiB\n' \
+        "$walcast_s" "$(echo "$changes / $walcast_s" | bc -l)" "$cpu" "$((hwm / 1024))"
+    printf '  ratio walcast / pg_recvlogical: %.2f (target <= 1.25)\n' "$(echo "$walcast_s / $recv_s" | bc -l)"
+}
+
+cat > "$WORK/single.sql" <<'SQL'
+\set id random(1, 1000000000000)
+insert into tasks values (:id, (array['queued','running','succeeded','failed'])[1 + :id % 4], 0.5,
+  '{"step": "build", "attempt": 1}', now(), gen_random_uuid(), '{ci,build}') on conflict (id) do nothing;
+SQL
+"$BIN/pgbench" -n -h "$WORK" -p "$PGPORT" -U postgres -c 4 -j 2 -t $((SINGLE / 4)) -f "$WORK/single.sql" postgres >/dev/null
+measure "(a) single-row transactions" "$(( $("${PSQL[@]}" -c "select count(*) from tasks") ))"
+
+"${PSQL[@]}" -c "insert into tasks select 2000000000000 + g, (array['queued','running','succeeded','failed'])[1 + g % 4], g / $BIG.0,
+  jsonb_build_object('step', 'build', 'n', g), now(), gen_random_uuid(), '{bulk}' from generate_series(1, $BIG) g"
+measure "(b) one transaction" "$BIG"
