@@ -519,3 +519,73 @@ fn resync_rebuilds_the_mirror_offline_and_online() {
     let (status, _, stderr) = walcast.interrupt();
     assert!(status.success(), "{stderr}");
 }
+
+#[test]
+fn a_large_transaction_cut_off_midway_is_completed_exactly_once() {
+    let redis = LocalRedis::start().expect("redis");
+    let acme = tenant("acme");
+    let dir = TempDir::new("redis-cutoff");
+    let config = config(&redis, &[&acme], &dir);
+    let walcast = Walcast::spawn(&config, &["run"]);
+    walcast.wait_log("streaming", 1);
+    let mut con = redis_conn(&redis);
+    const ROWS: i64 = 100_000;
+    // Rows wide enough that the transaction cannot sit whole in socket and
+    // client buffers: the server is still sending it when it is cut off.
+    acme.db.sql(&format!(
+        "insert into jobs select g, 'queued', 1, repeat(md5(g::text), 6), '{{}}' from generate_series(1, {ROWS}) g"
+    ));
+    // Part of the transaction is in Redis (chunks of 500), not all of it.
+    let mut seen = 0;
+    wait_until("the first chunks in the stream", || {
+        seen = redis::cmd("XLEN")
+            .arg("walcast:{acme}:events")
+            .query::<i64>(&mut con)
+            .unwrap();
+        seen >= 1_000
+    });
+    // Stall walcast (its Redis pauses), so the server blocks mid-send, then
+    // cut the replication connection and let Redis go on.
+    let pid = redis.pid().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_secs(1));
+    acme.db
+        .sql("select pg_terminate_backend(active_pid) from pg_replication_slots where active");
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        seen < ROWS,
+        "the transaction was already complete ({seen} events): the test proves nothing"
+    );
+    walcast.wait_log("tenant stream failed, retrying", 1);
+    wait_until("the whole transaction in the stream", || {
+        redis::cmd("XLEN")
+            .arg("walcast:{acme}:events")
+            .query::<i64>(&mut con)
+            .unwrap()
+            >= ROWS
+    });
+    let events = stream_events(&mut con, "acme");
+    assert_eq!(events.len() as i64, ROWS, "every row once");
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e["new"]["id"],
+            json!(i as i64 + 1),
+            "in order, no gap, no repeat"
+        );
+    }
+    let rows: i64 = redis::cmd("SCARD")
+        .arg("walcast:{acme}:rows:public.jobs")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(rows, ROWS);
+    let (status, _, stderr) = walcast.interrupt();
+    assert!(status.success(), "{stderr}");
+}

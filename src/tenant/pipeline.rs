@@ -154,9 +154,19 @@ pub(super) async fn run_session(
     progress: &mut Progress,
     backoff: &mut Backoff,
 ) -> Result<(), PipelineError> {
-    prepare(tenant, options).await?;
-    let mut session =
-        ReplicationSession::open(tenant, &options.slot, progress.confirmed_end).await?;
+    sink.reset().await.map_err(|source| PipelineError::Sink {
+        tenant: tenant.id.to_string(),
+        source,
+    })?;
+    if !sink.keeps_uncommitted() {
+        // What the sink dropped must be handed to it again.
+        progress.last_written = progress.committed_event;
+    }
+    let mut session = match prepare(tenant, options).await? {
+        // A new slot with a snapshot: stream from the snapshot's point.
+        Some(pending) => pending.start().await?,
+        None => ReplicationSession::open(tenant, &options.slot, progress.confirmed_end).await?,
+    };
     tracing::info!(tenant = %tenant.id, slot = %slot_name(tenant, &options.slot), from = %progress.confirmed_end, "streaming");
     state.send_replace(TenantState::Streaming);
     backoff.reset();
