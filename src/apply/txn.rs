@@ -5,8 +5,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::relations::{Relation, RelationCache};
-use super::values::text_to_datum;
-use crate::decode::{OldTuple, OldTupleKind, PgOutputMessage, TupleValue};
+use super::values::TypeMap;
+use crate::decode::{OldTuple, OldTupleKind, PgOutputMessage, RelationMessage, TupleValue};
 use crate::model::{ChangeBody, ChangeEvent, Datum, EventId, Lsn, Op, RowImage};
 
 /// The transaction being applied: Begin gives its commit LSN up front.
@@ -33,8 +33,6 @@ pub enum ApplyError {
     },
     #[error("{message} message outside a transaction")]
     OutsideTransaction { message: &'static str },
-    #[error("{table}.{column}: binary value received, but binary mode was not requested")]
-    UnexpectedBinary { table: String, column: String },
     #[error("{table}.{column}: value is not valid UTF-8")]
     InvalidUtf8 { table: String, column: String },
 }
@@ -44,6 +42,7 @@ pub enum ApplyError {
 pub struct Applier {
     tenant: Arc<str>,
     relations: RelationCache,
+    types: TypeMap,
     txn: Option<TxnInfo>,
 }
 
@@ -52,6 +51,7 @@ impl Applier {
         Applier {
             tenant,
             relations: RelationCache::default(),
+            types: TypeMap::default(),
             txn: None,
         }
     }
@@ -61,6 +61,22 @@ impl Applier {
     pub fn reset(&mut self) {
         self.relations.clear();
         self.txn = None;
+    }
+
+    /// The types of `relation`'s columns (and the types they are built
+    /// from) that must be looked up in the catalog before its rows can be
+    /// typed; the pipeline adds them with [`Applier::types_mut`].
+    pub fn missing_types(&self, relation: &RelationMessage) -> Vec<u32> {
+        self.types
+            .missing(relation.columns.iter().map(|c| c.type_oid))
+    }
+
+    pub fn types(&self) -> &TypeMap {
+        &self.types
+    }
+
+    pub fn types_mut(&mut self) -> &mut TypeMap {
+        &mut self.types
     }
 
     pub fn in_transaction(&self) -> Option<&TxnInfo> {
@@ -142,12 +158,14 @@ impl Applier {
             PgOutputMessage::Relation(rel) => {
                 self.relations.insert(Relation::from(rel));
             }
-            // Origin names where a replicated transaction came from; Type
-            // describes a non-built-in type whose values we keep as text.
-            PgOutputMessage::Origin { .. } | PgOutputMessage::Type { .. } => {}
+            // Postgres (re)describes a non-built-in type before a Relation
+            // that uses it: it may have changed, so look it up again.
+            PgOutputMessage::Type { id, .. } => self.types.forget(id),
+            // Origin names where a replicated transaction came from.
+            PgOutputMessage::Origin { .. } => {}
             PgOutputMessage::Insert { relation_id, new } => {
                 let rel = self.relation(relation_id)?;
-                let (new, unchanged) = row_image(&rel, &new, RowPart::All)?;
+                let (new, unchanged) = row_image(&rel, &self.types, &new, RowPart::All)?;
                 let key = key_image(&rel, &new);
                 self.push(
                     out,
@@ -166,10 +184,10 @@ impl Applier {
                 new,
             } => {
                 let rel = self.relation(relation_id)?;
-                let (new, unchanged) = row_image(&rel, &new, RowPart::All)?;
+                let (new, unchanged) = row_image(&rel, &self.types, &new, RowPart::All)?;
                 let key = key_image(&rel, &new);
                 let old = match old {
-                    Some(old) => Some(old_image(&rel, &old)?),
+                    Some(old) => Some(old_image(&rel, &self.types, &old)?),
                     // Without an old tuple the key did not change: the key is
                     // what we know of the old row.
                     None => key.clone(),
@@ -187,7 +205,7 @@ impl Applier {
             }
             PgOutputMessage::Delete { relation_id, old } => {
                 let rel = self.relation(relation_id)?;
-                let old = old_image(&rel, &old)?;
+                let old = old_image(&rel, &self.types, &old)?;
                 let key = key_image(&rel, &old);
                 self.push(
                     out,
@@ -293,6 +311,7 @@ enum RowPart {
 /// Typed values of a tuple, and the columns left out as unchanged TOAST.
 fn row_image(
     rel: &Relation,
+    types: &TypeMap,
     values: &[TupleValue],
     part: RowPart,
 ) -> Result<(RowImage, Vec<Arc<str>>), ApplyError> {
@@ -320,27 +339,23 @@ fn row_image(
                     table: rel.table.to_string(),
                     column: column.name.to_string(),
                 })?;
-                text_to_datum(column.type_oid, text)
+                types.text_to_datum(column.type_oid, text)
             }
-            TupleValue::Binary(_) => {
-                return Err(ApplyError::UnexpectedBinary {
-                    table: rel.table.to_string(),
-                    column: column.name.to_string(),
-                })
-            }
+            // Only sent when the tenant asked for binary mode.
+            TupleValue::Binary(bytes) => types.binary_to_datum(column.type_oid, bytes),
         };
         row.push((Arc::clone(&column.name), datum));
     }
     Ok((RowImage(row), unchanged))
 }
 
-fn old_image(rel: &Relation, old: &OldTuple) -> Result<RowImage, ApplyError> {
+fn old_image(rel: &Relation, types: &TypeMap, old: &OldTuple) -> Result<RowImage, ApplyError> {
     let part = match old.kind {
         // A key tuple sends the other columns as NULL: leave them out.
         OldTupleKind::Key => RowPart::KeyOnly,
         OldTupleKind::Full => RowPart::All,
     };
-    Ok(row_image(rel, &old.values, part)?.0)
+    Ok(row_image(rel, types, &old.values, part)?.0)
 }
 
 /// The replica-identity columns of a row image (None when the table has none).

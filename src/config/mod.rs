@@ -74,6 +74,8 @@ pub(crate) struct RawTenant {
     #[serde(default)]
     pub publication: Option<Spanned<String>>,
     pub tables: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub binary: bool,
 }
 
 /// Reads and validates the configuration file.

@@ -13,9 +13,9 @@ use super::{invalid, Config, ConfigError, RawConfig, DEFAULT_SHUTDOWN_TIMEOUT_SE
 use crate::model::TableName;
 
 /// Session settings pinned on every connection so that values print the same
-/// way whatever the server's defaults are (see docs/types.md).
+/// way whatever the server's defaults are (see docs/events.md, "Types").
 pub const SESSION_OPTIONS: &str =
-    "-c DateStyle=ISO,YMD -c IntervalStyle=iso_8601 -c TimeZone=UTC -c extra_float_digits=3";
+    "-c DateStyle=ISO,YMD -c IntervalStyle=iso_8601 -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex";
 
 /// A tenant id: `[a-z0-9][a-z0-9_-]{0,47}`; it appears in URLs, Redis keys and
 /// (with `-` as `_`) in slot names.
@@ -174,6 +174,8 @@ pub struct TenantConfig {
     pub slot: String,
     pub publication: String,
     pub tables: Vec<TableName>,
+    /// Ask pgoutput for column values in binary send format (PostgreSQL 14+).
+    pub binary: bool,
 }
 
 pub(super) fn validate(
@@ -237,6 +239,7 @@ pub(super) fn validate(
             slot,
             publication,
             tables,
+            binary: raw.binary,
         });
     }
     let shutdown_timeout = match raw.shutdown_timeout_secs {
@@ -458,7 +461,12 @@ tables = ["tasks", "audit.Log", '"Mixed"."Case"']
             ]
         );
         assert!(!format!("{:?}", t.pg).contains("s3cret"));
+        assert!(!t.binary);
         assert_eq!(config.shutdown_timeout, Duration::from_secs(10));
+        let binary =
+            load("[[tenants]]\nid = \"a\"\nurl = \"postgres://u@h/d\"\ntables = [\"t\"]\nbinary = true\n")
+                .unwrap();
+        assert!(binary.tenants[0].binary);
     }
 
     #[test]

@@ -46,6 +46,7 @@ impl ReplicationSession {
             .pg
             .replication_config(slot_name, &tenant.publication, "walcast")
             .with_start_lsn(start.into())
+            .with_binary(tenant.binary)
             .with_status_interval(STATUS_INTERVAL);
         let err = |what: &'static str| {
             let tenant = tenant.clone();

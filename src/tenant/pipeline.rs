@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Backoff, TenantState};
 use crate::apply::{Applier, ApplyError};
 use crate::config::TenantConfig;
-use crate::decode::{decode, DecodeError, PgOutputMessage};
+use crate::decode::{decode, DecodeError, PgOutputMessage, RelationMessage};
 use crate::model::{ChangeEvent, Lsn, TableName};
 use crate::sink::{EventSink, SinkError};
 use crate::source::{self, ReplicationSession, SlotKind, SourceError};
@@ -108,7 +108,8 @@ pub(super) async fn run_session(
     progress: &mut Progress,
     backoff: &mut Backoff,
 ) -> Result<(), PipelineError> {
-    prepare(tenant, options).await?;
+    // The regular connection stays open for catalog look-ups of column types.
+    let catalog = prepare(tenant, options).await?;
     let mut session =
         ReplicationSession::open(tenant, &options.slot, progress.confirmed_end).await?;
     tracing::info!(tenant = %tenant.id, slot = %slot_name(tenant, &options.slot), from = %progress.confirmed_end, "streaming");
@@ -152,6 +153,9 @@ pub(super) async fn run_session(
                     tenant: tenant_name(),
                     source,
                 })?;
+                if let PgOutputMessage::Relation(relation) = &msg {
+                    learn_types(&catalog, tenant, &mut applier, relation).await?;
+                }
                 // A skipped transaction still updates the relation cache.
                 if skipping
                     && !matches!(
@@ -207,8 +211,33 @@ pub(super) async fn run_session(
     Ok(())
 }
 
-/// Checks (and with `create_missing` creates) publication and slot.
-async fn prepare(tenant: &TenantConfig, options: &PipelineOptions) -> Result<(), PipelineError> {
+/// Looks up the column types of `relation` that the applier does not know
+/// (domains, enums, composites, ranges, arrays of them, extension types).
+async fn learn_types(
+    catalog: &tokio_postgres::Client,
+    tenant: &TenantConfig,
+    applier: &mut Applier,
+    relation: &RelationMessage,
+) -> Result<(), PipelineError> {
+    let missing = applier.missing_types(relation);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let types = applier.types();
+    let shapes = source::load_types(catalog, &tenant.id, &missing, &|oid| types.knows(oid)).await?;
+    tracing::debug!(tenant = %tenant.id, relation = %relation.name, count = shapes.len(), "looked up column types");
+    for (oid, shape) in shapes {
+        applier.types_mut().insert(oid, shape);
+    }
+    Ok(())
+}
+
+/// Checks (and with `create_missing` creates) publication and slot; returns
+/// the regular connection.
+async fn prepare(
+    tenant: &TenantConfig,
+    options: &PipelineOptions,
+) -> Result<tokio_postgres::Client, PipelineError> {
     let client = source::connect(tenant, "walcast").await?;
     if options.create_missing {
         source::ensure_publication(&client, tenant).await?;
@@ -231,7 +260,7 @@ async fn prepare(tenant: &TenantConfig, options: &PipelineOptions) -> Result<(),
             .into());
         }
     }
-    Ok(())
+    Ok(client)
 }
 
 async fn write(
