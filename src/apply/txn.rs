@@ -1,12 +1,13 @@
 //! Assembling one transaction's messages into numbered change events.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::relations::{Relation, RelationCache};
 use super::values::TypeMap;
-use crate::decode::{OldTuple, OldTupleKind, PgOutputMessage, RelationMessage, TupleValue};
+use crate::decode::{OldTuple, OldTupleKind, PgOutputMessage, TupleValue};
 use crate::model::{ChangeBody, ChangeEvent, Datum, EventId, Lsn, Op, RowImage};
 
 /// The transaction being applied: Begin gives its commit LSN up front.
@@ -33,6 +34,12 @@ pub enum ApplyError {
     },
     #[error("{message} message outside a transaction")]
     OutsideTransaction { message: &'static str },
+    #[error("{table}.{column}: a value of composite type {type_oid} has another number of fields than the catalog said when it was looked up; look the type up again")]
+    StaleType {
+        table: String,
+        column: String,
+        type_oid: u32,
+    },
     #[error("{table}.{column}: value is not valid UTF-8")]
     InvalidUtf8 { table: String, column: String },
 }
@@ -43,6 +50,9 @@ pub struct Applier {
     tenant: Arc<str>,
     relations: RelationCache,
     types: TypeMap,
+    /// Report a composite value that does not fit its cached type as
+    /// `ApplyError::StaleType` (else keep it as text).
+    report_stale: bool,
     txn: Option<TxnInfo>,
 }
 
@@ -52,6 +62,7 @@ impl Applier {
             tenant,
             relations: RelationCache::default(),
             types: TypeMap::default(),
+            report_stale: true,
             txn: None,
         }
     }
@@ -63,12 +74,11 @@ impl Applier {
         self.txn = None;
     }
 
-    /// The types of `relation`'s columns (and the types they are built
-    /// from) that must be looked up in the catalog before its rows can be
-    /// typed; the pipeline adds them with [`Applier::types_mut`].
-    pub fn missing_types(&self, relation: &RelationMessage) -> Vec<u32> {
-        self.types
-            .missing(relation.columns.iter().map(|c| c.type_oid))
+    /// Whether `apply` fails with `ApplyError::StaleType` (the default) or
+    /// keeps such a value as text: after the type was just looked up again
+    /// there is nothing newer to learn.
+    pub fn set_report_stale(&mut self, report: bool) {
+        self.report_stale = report;
     }
 
     pub fn types(&self) -> &TypeMap {
@@ -165,7 +175,8 @@ impl Applier {
             PgOutputMessage::Origin { .. } => {}
             PgOutputMessage::Insert { relation_id, new } => {
                 let rel = self.relation(relation_id)?;
-                let (new, unchanged) = row_image(&rel, &self.types, &new, RowPart::All)?;
+                let (new, unchanged) =
+                    row_image(&rel, &self.types, self.report_stale, &new, RowPart::All)?;
                 let key = key_image(&rel, &new);
                 self.push(
                     out,
@@ -184,10 +195,11 @@ impl Applier {
                 new,
             } => {
                 let rel = self.relation(relation_id)?;
-                let (new, unchanged) = row_image(&rel, &self.types, &new, RowPart::All)?;
+                let (new, unchanged) =
+                    row_image(&rel, &self.types, self.report_stale, &new, RowPart::All)?;
                 let key = key_image(&rel, &new);
                 let old = match old {
-                    Some(old) => Some(old_image(&rel, &self.types, &old)?),
+                    Some(old) => Some(old_image(&rel, &self.types, self.report_stale, &old)?),
                     // Without an old tuple the key did not change: the key is
                     // what we know of the old row.
                     None => key.clone(),
@@ -205,7 +217,7 @@ impl Applier {
             }
             PgOutputMessage::Delete { relation_id, old } => {
                 let rel = self.relation(relation_id)?;
-                let old = old_image(&rel, &self.types, &old)?;
+                let old = old_image(&rel, &self.types, self.report_stale, &old)?;
                 let key = key_image(&rel, &old);
                 self.push(
                     out,
@@ -312,6 +324,7 @@ enum RowPart {
 fn row_image(
     rel: &Relation,
     types: &TypeMap,
+    report_stale: bool,
     values: &[TupleValue],
     part: RowPart,
 ) -> Result<(RowImage, Vec<Arc<str>>), ApplyError> {
@@ -324,6 +337,7 @@ fn row_image(
     }
     let mut row = Vec::with_capacity(values.len());
     let mut unchanged = Vec::new();
+    let stale = Cell::new(None);
     for (column, value) in rel.columns.iter().zip(values) {
         if part == RowPart::KeyOnly && !column.is_key {
             continue;
@@ -339,7 +353,15 @@ fn row_image(
                     table: rel.table.to_string(),
                     column: column.name.to_string(),
                 })?;
-                types.text_to_datum(column.type_oid, text)
+                let datum = types.text_to_datum_checked(column.type_oid, text, &stale);
+                if let (true, Some(type_oid)) = (report_stale, stale.get()) {
+                    return Err(ApplyError::StaleType {
+                        table: rel.table.to_string(),
+                        column: column.name.to_string(),
+                        type_oid,
+                    });
+                }
+                datum
             }
             // Only sent when the tenant asked for binary mode.
             TupleValue::Binary(bytes) => types.binary_to_datum(column.type_oid, bytes),
@@ -349,13 +371,18 @@ fn row_image(
     Ok((RowImage(row), unchanged))
 }
 
-fn old_image(rel: &Relation, types: &TypeMap, old: &OldTuple) -> Result<RowImage, ApplyError> {
+fn old_image(
+    rel: &Relation,
+    types: &TypeMap,
+    report_stale: bool,
+    old: &OldTuple,
+) -> Result<RowImage, ApplyError> {
     let part = match old.kind {
         // A key tuple sends the other columns as NULL: leave them out.
         OldTupleKind::Key => RowPart::KeyOnly,
         OldTupleKind::Full => RowPart::All,
     };
-    Ok(row_image(rel, types, &old.values, part)?.0)
+    Ok(row_image(rel, types, report_stale, &old.values, part)?.0)
 }
 
 /// The replica-identity columns of a row image (None when the table has none).

@@ -7,6 +7,7 @@
 //! A value that does not parse as its type is kept as text (in binary mode as
 //! `{"binary_base64": …}`): an odd value never stops the stream.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -286,25 +287,38 @@ impl TypeMap {
 
     /// Converts one value's text form to its typed value.
     pub fn text_to_datum(&self, oid: u32, text: &str) -> Datum {
-        self.text_value(oid, text, 0)
+        self.text_value(oid, text, 0, &Cell::new(None))
     }
 
-    fn text_value(&self, oid: u32, text: &str, depth: u8) -> Datum {
+    /// Like [`TypeMap::text_to_datum`], and sets `stale` to the OID of a
+    /// composite type whose value has another number of fields than the map
+    /// says: the type changed (`ALTER TYPE … ADD ATTRIBUTE`, after which
+    /// Postgres does not describe it again) and must be looked up anew.
+    pub fn text_to_datum_checked(&self, oid: u32, text: &str, stale: &Cell<Option<u32>>) -> Datum {
+        self.text_value(oid, text, 0, stale)
+    }
+
+    fn text_value(&self, oid: u32, text: &str, depth: u8, stale: &Cell<Option<u32>>) -> Datum {
         if depth > MAX_DEPTH {
             return Datum::Text(text.to_owned());
         }
         let depth = depth + 1;
         let parsed = match self.shape(oid) {
             Some(Shape::Scalar) => return scalar_text(oid, text),
-            Some(Shape::Domain(base)) => return self.text_value(base, text, depth),
-            Some(Shape::Array { element, delimiter }) => {
-                parse_array(text, delimiter, &|s| self.text_value(element, s, depth))
-            }
+            Some(Shape::Domain(base)) => return self.text_value(base, text, depth, stale),
+            Some(Shape::Array { element, delimiter }) => parse_array(text, delimiter, &|s| {
+                self.text_value(element, s, depth, stale)
+            }),
             Some(Shape::Composite(fields)) => {
-                parse_composite(text, fields, &|t, s| self.text_value(t, s, depth))
+                let parsed =
+                    parse_composite(text, fields, &|t, s| self.text_value(t, s, depth, stale));
+                if parsed.is_none() && composite_arity(text).is_some_and(|n| n != fields.len()) {
+                    stale.set(Some(oid));
+                }
+                parsed
             }
             Some(Shape::Range(subtype)) => {
-                parse_range_only(text, &|s| self.text_value(subtype, s, depth))
+                parse_range_only(text, &|s| self.text_value(subtype, s, depth, stale))
             }
             Some(Shape::Multirange(range)) => {
                 let subtype = match self.shape(range) {
@@ -312,7 +326,7 @@ impl TypeMap {
                     _ => None,
                 };
                 subtype.and_then(|subtype| {
-                    parse_multirange(text, &|s| self.text_value(subtype, s, depth))
+                    parse_multirange(text, &|s| self.text_value(subtype, s, depth, stale))
                 })
             }
             Some(Shape::Enum) | Some(Shape::Text) | None => None,
@@ -632,6 +646,22 @@ fn parse_composite(
         out.push((Arc::clone(name), datum));
     }
     (pos == text.len()).then_some(Datum::Object(out))
+}
+
+/// The number of fields of a well-formed composite text, whatever their types.
+fn composite_arity(text: &str) -> Option<usize> {
+    if !text.starts_with('(') {
+        return None;
+    }
+    let (mut pos, mut count) = (1, 0);
+    loop {
+        let (_, next) = read_field(text, pos, b",)")?;
+        count += 1;
+        pos = next + 1;
+        if text.as_bytes()[next] == b')' {
+            return (pos == text.len()).then_some(count);
+        }
+    }
 }
 
 /// A range `[1,5)` to `{"lower":1,"upper":5,"lower_inc":true,"upper_inc":false}`
@@ -1122,8 +1152,19 @@ mod tests {
                 Datum::Null,
             ])
         );
-        // a composite text of the wrong arity stays text
-        assert_eq!(types.text_to_datum(90_000, "(1,a,b)"), t("(1,a,b)"));
+        // a composite text of the wrong arity stays text, and says the type is stale
+        let stale = Cell::new(None);
+        assert_eq!(
+            types.text_to_datum_checked(90_002, "{\"(1,a,b)\"}", &stale),
+            Datum::Array(vec![t("(1,a,b)")])
+        );
+        assert_eq!(stale.get(), Some(90_000));
+        let stale = Cell::new(None);
+        assert_eq!(
+            types.text_to_datum_checked(90_000, "(1,a", &stale),
+            t("(1,a")
+        );
+        assert_eq!(stale.get(), None);
         types.forget(90_002);
         assert_eq!(types.missing([90_002]), vec![90_002]);
         assert!(!types.knows(90_000));

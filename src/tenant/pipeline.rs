@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Backoff, TenantState};
 use crate::apply::{Applier, ApplyError};
 use crate::config::TenantConfig;
-use crate::decode::{decode, DecodeError, PgOutputMessage, RelationMessage};
+use crate::decode::{decode, DecodeError, PgOutputMessage};
 use crate::model::{ChangeEvent, Lsn, TableName};
 use crate::sink::{EventSink, SinkError};
 use crate::source::{self, ReplicationSession, SlotKind, SourceError};
@@ -154,7 +154,8 @@ pub(super) async fn run_session(
                     source,
                 })?;
                 if let PgOutputMessage::Relation(relation) = &msg {
-                    learn_types(&catalog, tenant, &mut applier, relation).await?;
+                    let types = relation.columns.iter().map(|c| c.type_oid);
+                    learn_types(&catalog, tenant, &mut applier, types).await?;
                 }
                 // A skipped transaction still updates the relation cache.
                 if skipping
@@ -165,12 +166,29 @@ pub(super) async fn run_session(
                 {
                     continue;
                 }
-                applier
-                    .apply(msg, &mut events)
-                    .map_err(|source| PipelineError::Apply {
-                        tenant: tenant_name(),
-                        source,
-                    })?;
+                let applied = match applier.apply(msg, &mut events) {
+                    // A composite type changed without Postgres describing
+                    // it again (ALTER TYPE … ADD ATTRIBUTE sends no Type or
+                    // Relation message): look it up anew and apply the
+                    // message again; what still does not fit stays text.
+                    Err(ApplyError::StaleType { type_oid, .. }) => {
+                        applier.types_mut().forget(type_oid);
+                        learn_types(&catalog, tenant, &mut applier, [type_oid]).await?;
+                        let msg = decode(&data).map_err(|source| PipelineError::Decode {
+                            tenant: tenant_name(),
+                            source,
+                        })?;
+                        applier.set_report_stale(false);
+                        let applied = applier.apply(msg, &mut events);
+                        applier.set_report_stale(true);
+                        applied
+                    }
+                    applied => applied,
+                };
+                applied.map_err(|source| PipelineError::Apply {
+                    tenant: tenant_name(),
+                    source,
+                })?;
                 write(sink, options, &mut events, tenant).await?;
             }
             ReplicationEvent::Message {
@@ -211,21 +229,22 @@ pub(super) async fn run_session(
     Ok(())
 }
 
-/// Looks up the column types of `relation` that the applier does not know
-/// (domains, enums, composites, ranges, arrays of them, extension types).
+/// Looks up the types among `oids` (and those they are built from) that the
+/// applier does not know: domains, enums, composites, ranges, arrays of
+/// them, extension types.
 async fn learn_types(
     catalog: &tokio_postgres::Client,
     tenant: &TenantConfig,
     applier: &mut Applier,
-    relation: &RelationMessage,
+    oids: impl IntoIterator<Item = u32>,
 ) -> Result<(), PipelineError> {
-    let missing = applier.missing_types(relation);
+    let missing = applier.types().missing(oids);
     if missing.is_empty() {
         return Ok(());
     }
     let types = applier.types();
     let shapes = source::load_types(catalog, &tenant.id, &missing, &|oid| types.knows(oid)).await?;
-    tracing::debug!(tenant = %tenant.id, relation = %relation.name, count = shapes.len(), "looked up column types");
+    tracing::debug!(tenant = %tenant.id, count = shapes.len(), "looked up column types");
     for (oid, shape) in shapes {
         applier.types_mut().insert(oid, shape);
     }
