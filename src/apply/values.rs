@@ -791,6 +791,15 @@ fn binary_scalar(oid: u32, b: &[u8]) -> Option<Datum> {
             })
         }
         TIME => Datum::Text(time_of_day(i64::from_be_bytes(b.try_into().ok()?))),
+        INTERVAL => {
+            if b.len() != 16 {
+                return None;
+            }
+            let micros = i64::from_be_bytes(b[..8].try_into().ok()?);
+            let days = i32::from_be_bytes(b[8..12].try_into().ok()?);
+            let months = i32::from_be_bytes(b[12..].try_into().ok()?);
+            Datum::Text(iso_interval(micros, days, months))
+        }
         TIMETZ => {
             if b.len() != 12 {
                 return None;
@@ -813,6 +822,53 @@ fn binary_scalar(oid: u32, b: &[u8]) -> Option<Datum> {
         }
         _ => return None,
     })
+}
+
+/// An interval as Postgres prints it with IntervalStyle=iso_8601
+/// (`EncodeInterval`): each part with its own sign, zero parts left out,
+/// `PT0S` for zero.
+fn iso_interval(micros: i64, days: i32, months: i32) -> String {
+    use std::fmt::Write;
+    // interval2tm: C division truncates toward zero, like Rust's.
+    let (years, months) = (months / 12, months % 12);
+    let hours = micros / 3_600_000_000;
+    let minutes = (micros % 3_600_000_000) / 60_000_000;
+    let seconds = (micros % 60_000_000) / 1_000_000;
+    let fraction = micros % 1_000_000;
+    if years == 0 && months == 0 && days == 0 && micros == 0 {
+        return "PT0S".into();
+    }
+    let mut out = String::from("P");
+    let mut part = |value: i64, unit: char| {
+        if value != 0 {
+            let _ = write!(out, "{value}{unit}");
+        }
+    };
+    part(years.into(), 'Y');
+    part(months.into(), 'M');
+    part(days.into(), 'D');
+    if micros != 0 {
+        out.push('T');
+    }
+    let mut part = |value: i64, unit: char| {
+        if value != 0 {
+            let _ = write!(out, "{value}{unit}");
+        }
+    };
+    part(hours, 'H');
+    part(minutes, 'M');
+    if seconds != 0 || fraction != 0 {
+        if seconds < 0 || fraction < 0 {
+            out.push('-');
+        }
+        let _ = write!(out, "{}", seconds.abs());
+        if fraction != 0 {
+            let digits = format!(".{:06}", fraction.abs());
+            out.push_str(digits.trim_end_matches('0'));
+        }
+        out.push('S');
+    }
+    out
 }
 
 fn float_datum(text: String) -> Datum {
@@ -1201,6 +1257,11 @@ mod tests {
             b(INTERVAL, &[1, 2, 3]),
             obj(vec![("binary_base64", t("AQID"))])
         );
+        assert_eq!(iso_interval(0, 0, 0), "PT0S");
+        assert_eq!(iso_interval(0, -1, 0), "P-1D");
+        assert_eq!(iso_interval(14_706_500_000, 3, 14), "P1Y2M3DT4H5M6.5S");
+        assert_eq!(iso_interval(-1_500_000, 0, -1), "P-1MT-1.5S");
+        assert_eq!(iso_interval(-500_000, 0, 0), "PT-0.5S");
         // int4[] {{1,NULL}} with lower bounds 1
         let mut arr = Vec::new();
         for v in [2i32, 1, 23, 1, 1, 2, 1, 4, 1, -1] {
