@@ -24,6 +24,7 @@ use Binary::{Raw, Same};
 const CUSTOM_TYPES: &str = r#"
 create extension citext;
 create extension hstore;
+create extension ltree;
 create type mood as enum ('happy', 'sad', 'with space');
 create domain posint as int4 check (value > 0);
 create domain shorttext as text;
@@ -32,6 +33,8 @@ create domain stamp as timestamptz;
 create type pair as (n int, s text, t timestamptz);
 create type nested as (p pair, tags text[], m mood);
 create type floatrange as range (subtype = float8);
+create domain pairdomain as pair;
+create domain moods as mood[];
 "#;
 
 /// (column type, SQL literal, expected JSON, binary mode)
@@ -296,7 +299,24 @@ fn cases() -> Vec<(&'static str, &'static str, Value, Binary)> {
             json!({"lower": 1.5, "upper": 2.5, "lower_inc": true, "upper_inc": true}),
             Raw,
         ),
+        (
+            "floatmultirange",
+            "'{[1.5,2.5], (3,)}'",
+            json!([
+                {"lower": 1.5, "upper": 2.5, "lower_inc": true, "upper_inc": true},
+                {"lower": 3.0, "upper": null, "lower_inc": false, "upper_inc": false}
+            ]),
+            Raw,
+        ),
+        (
+            "pairdomain",
+            "'(7,x,)'",
+            json!({"n": 7, "s": "x", "t": null}),
+            Raw,
+        ),
+        ("moods", "'{sad}'", json!(["sad"]), Same),
         ("hstore", r#"'a=>1'"#, json!("\"a\"=>\"1\""), Raw),
+        ("ltree", "'a.b.c'", json!("a.b.c"), Raw),
         // arrays: of any element type, n-dimensional, NULLs, quoting, empty
         (
             "int4[]",
