@@ -176,6 +176,16 @@ fn cases() -> Vec<(&'static str, Vec<Value>)> {
 
 #[test]
 fn key_and_old_for_every_replica_identity() {
+    key_and_old("");
+}
+
+/// Binary mode gives the same events (old tuples and keys included).
+#[test]
+fn key_and_old_for_every_replica_identity_in_binary_mode() {
+    key_and_old("binary = true\n");
+}
+
+fn key_and_old(extra: &str) {
     let db = TenantDb::start();
     db.sql(DDL);
     let dir = TempDir::new("replica-identity");
@@ -183,7 +193,7 @@ fn key_and_old_for_every_replica_identity() {
         &db,
         &dir,
         "\"t_default\", \"t_full\", \"t_nothing\", \"t_index\", \"t_nopk\"",
-        "",
+        extra,
     );
     for (sql, expected) in cases() {
         db.sql(sql);
