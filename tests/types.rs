@@ -515,3 +515,42 @@ fn every_type_in_text_and_binary_mode() {
     assert_eq!(text["key"], json!({"id": 1}));
     assert_eq!(binary["key"], json!({"id": 1}));
 }
+
+/// walcast's built-in knowledge (no catalog look-up for any built-in type)
+/// agrees with what the catalog look-up says about the same types.
+#[test]
+fn built_in_types_match_the_catalog() {
+    let db = TenantDb::start();
+    let oids: Vec<u32> = db
+        .sql(
+            "select t.oid from pg_type t left join pg_type e on e.oid = t.typelem
+              where t.oid < 16384 and t.typnamespace = 'pg_catalog'::regnamespace
+                and t.typtype in ('b', 'r', 'm') and coalesce(e.typtype, 'b') in ('b', 'r', 'm')",
+        )
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(oids.len() > 150, "{} built-in types", oids.len());
+    let dir = TempDir::new("types-catalog");
+    let config = config_file(&dir, &db, &[("acme", "\"public.tasks\"", "")]);
+    let config = walcast::config::load(&config).unwrap();
+    let tenant = &config.tenants[0];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let shapes = runtime.block_on(async {
+        let client = walcast::source::connect(tenant, "walcast test")
+            .await
+            .unwrap();
+        walcast::source::load_types(&client, &tenant.id, &oids, &|_| false)
+            .await
+            .unwrap()
+    });
+    let mut wrong = Vec::new();
+    for oid in &oids {
+        let catalog = shapes.iter().find(|(o, _)| o == oid).map(|(_, s)| s);
+        let builtin = walcast::apply::builtin_shape(*oid);
+        if builtin.as_ref() != catalog {
+            wrong.push(format!("{oid}: built in {builtin:?}, catalog {catalog:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -193,6 +193,20 @@ enum Shape<'a> {
     Text,
 }
 
+/// What walcast knows about a built-in type without asking the catalog, in
+/// the catalog's terms (`TypeShape::Text` for a scalar); `None` when `oid`
+/// is not a built-in type it knows.
+pub fn builtin_shape(oid: u32) -> Option<TypeShape> {
+    Some(match TypeMap::default().shape(oid)? {
+        Shape::Scalar | Shape::Text | Shape::Composite(_) => TypeShape::Text,
+        Shape::Enum => TypeShape::Enum,
+        Shape::Domain(base) => TypeShape::Domain { base },
+        Shape::Array { element, delimiter } => TypeShape::Array { element, delimiter },
+        Shape::Range(subtype) => TypeShape::Range { subtype },
+        Shape::Multirange(range) => TypeShape::Multirange { range },
+    })
+}
+
 /// What is known about the types of a tenant's columns beyond the built-in
 /// ones: domains, enums, composites, ranges and arrays of them, filled from
 /// the catalog by the pipeline (`source::catalog`) when a Relation names a

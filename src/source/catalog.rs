@@ -51,7 +51,7 @@ pub async fn load_types(
         let rows = client
             .query(
                 "select t.oid, t.typtype::text, t.typbasetype, t.typelem, t.typdelim::text,
-                        t.typrelid, t.typcategory::text, t.typlen, r.rngsubtype
+                        t.typrelid, t.typinput::text, r.rngsubtype
                    from pg_type t left join pg_range r on r.rngtypid = t.oid
                   where t.oid = any($1)",
                 &[&wanted],
@@ -67,9 +67,8 @@ pub async fn load_types(
             let element: u32 = row.get(3);
             let delimiter: &str = row.get(4);
             let relid: u32 = row.get(5);
-            let category: &str = row.get(6);
-            let len: i16 = row.get(7);
-            let subtype: Option<u32> = row.get(8);
+            let input: &str = row.get(6);
+            let subtype: Option<u32> = row.get(7);
             let shape = match typtype {
                 "d" => TypeShape::Domain { base },
                 "e" => TypeShape::Enum,
@@ -85,9 +84,10 @@ pub async fn load_types(
                     multiranges.push(oid);
                     continue;
                 }
-                // A true array (not a fixed-length type like point that
-                // also has typelem): category A and variable length.
-                "b" if category == "A" && element != 0 && len == -1 => TypeShape::Array {
+                // A true array reads its text with array_in (point, name,
+                // int2vector also have a typelem but are not written as
+                // `{…}`).
+                "b" if input == "array_in" && element != 0 => TypeShape::Array {
                     element,
                     delimiter: delimiter.bytes().next().unwrap_or(b','),
                 },
