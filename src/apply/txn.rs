@@ -353,19 +353,20 @@ fn row_image(
                     table: rel.table.to_string(),
                     column: column.name.to_string(),
                 })?;
-                let datum = types.text_to_datum_checked(column.type_oid, text, &stale);
-                if let (true, Some(type_oid)) = (report_stale, stale.get()) {
-                    return Err(ApplyError::StaleType {
-                        table: rel.table.to_string(),
-                        column: column.name.to_string(),
-                        type_oid,
-                    });
-                }
-                datum
+                types.text_to_datum_checked(column.type_oid, text, &stale)
             }
             // Only sent when the tenant asked for binary mode.
-            TupleValue::Binary(bytes) => types.binary_to_datum(column.type_oid, bytes),
+            TupleValue::Binary(bytes) => {
+                types.binary_to_datum_checked(column.type_oid, bytes, &stale)
+            }
         };
+        if let (true, Some(type_oid)) = (report_stale, stale.get()) {
+            return Err(ApplyError::StaleType {
+                table: rel.table.to_string(),
+                column: column.name.to_string(),
+                type_oid,
+            });
+        }
         row.push((Arc::clone(&column.name), datum));
     }
     Ok((RowImage(row), unchanged))

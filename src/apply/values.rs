@@ -19,6 +19,9 @@ pub mod type_oid {
     pub const BYTEA: u32 = 17;
     pub const CHAR: u32 = 18;
     pub const NAME: u32 = 19;
+    pub const TID: u32 = 27;
+    pub const XID: u32 = 28;
+    pub const CID: u32 = 29;
     pub const INT8: u32 = 20;
     pub const INT2: u32 = 21;
     pub const INT4: u32 = 23;
@@ -27,6 +30,10 @@ pub mod type_oid {
     pub const JSON: u32 = 114;
     pub const XML: u32 = 142;
     pub const BOX: u32 = 603;
+    pub const CIDR: u32 = 650;
+    pub const MACADDR8: u32 = 774;
+    pub const MACADDR: u32 = 829;
+    pub const INET: u32 = 869;
     pub const FLOAT4: u32 = 700;
     pub const FLOAT8: u32 = 701;
     pub const BPCHAR: u32 = 1042;
@@ -37,9 +44,13 @@ pub mod type_oid {
     pub const TIMESTAMPTZ: u32 = 1184;
     pub const INTERVAL: u32 = 1186;
     pub const TIMETZ: u32 = 1266;
+    pub const BIT: u32 = 1560;
+    pub const VARBIT: u32 = 1562;
     pub const NUMERIC: u32 = 1700;
     pub const UUID: u32 = 2950;
+    pub const PG_LSN: u32 = 3220;
     pub const JSONB: u32 = 3802;
+    pub const XID8: u32 = 5069;
 }
 
 use type_oid::*;
@@ -352,28 +363,61 @@ impl TypeMap {
     /// the same typed value its text form gives. Types without a binary
     /// decoder here become `{"binary_base64": "<the bytes>"}`.
     pub fn binary_to_datum(&self, oid: u32, bytes: &[u8]) -> Datum {
-        self.binary_value(oid, bytes, 0)
+        self.binary_to_datum_checked(oid, bytes, &Cell::new(None))
+    }
+
+    /// Like [`TypeMap::binary_to_datum`], and sets `stale` like
+    /// [`TypeMap::text_to_datum_checked`].
+    pub fn binary_to_datum_checked(
+        &self,
+        oid: u32,
+        bytes: &[u8],
+        stale: &Cell<Option<u32>>,
+    ) -> Datum {
+        self.binary_value(oid, bytes, 0, stale)
             .unwrap_or_else(|| undecoded_binary(bytes))
     }
 
-    fn binary_value(&self, oid: u32, bytes: &[u8], depth: u8) -> Option<Datum> {
+    fn binary_value(
+        &self,
+        oid: u32,
+        bytes: &[u8],
+        depth: u8,
+        stale: &Cell<Option<u32>>,
+    ) -> Option<Datum> {
         if depth > MAX_DEPTH {
             return None;
         }
         let depth = depth + 1;
+        let value = |oid: u32, b: &[u8]| self.binary_value(oid, b, depth, stale);
         match self.shape(oid)? {
             Shape::Scalar => binary_scalar(oid, bytes),
-            Shape::Domain(base) => self.binary_value(base, bytes, depth),
+            Shape::Domain(base) => value(base, bytes),
             // enum_send sends the label as text.
             Shape::Enum => std::str::from_utf8(bytes)
                 .ok()
                 .map(|s| Datum::Text(s.to_owned())),
             // An extension's send format is its own: never guess.
             Shape::Text => None,
-            Shape::Array { .. } => {
-                binary_array(bytes, &|element, b| self.binary_value(element, b, depth))
+            Shape::Array { .. } => binary_array(bytes, &value),
+            Shape::Composite(fields) => {
+                let parsed = binary_composite(bytes, fields, &value);
+                let count = read_i32(bytes, &mut 0).and_then(|n| usize::try_from(n).ok());
+                if parsed.is_none() && count.is_some_and(|n| n != fields.len()) {
+                    stale.set(Some(oid));
+                }
+                parsed
             }
-            Shape::Composite(_) | Shape::Range(_) | Shape::Multirange(_) => None,
+            Shape::Range(subtype) => {
+                let (range, end) = binary_range(bytes, &|b| value(subtype, b))?;
+                (end == bytes.len()).then_some(range)
+            }
+            Shape::Multirange(range) => {
+                let Some(Shape::Range(subtype)) = self.shape(range) else {
+                    return None;
+                };
+                binary_multirange(bytes, &|b| value(subtype, b))
+            }
         }
     }
 }
@@ -804,6 +848,46 @@ fn binary_scalar(oid: u32, b: &[u8]) -> Option<Datum> {
                 }
             })
         }
+        // "char": one byte; char_out writes a high-bit byte as \ooo.
+        CHAR => Datum::Text(match b {
+            [] | [0] => String::new(),
+            [c] if c.is_ascii() => char::from(*c).to_string(),
+            [c] => format!("\\{:03o}", c),
+            _ => return None,
+        }),
+        TID => {
+            let block = u32::from_be_bytes(b.get(..4)?.try_into().ok()?);
+            let offset = u16::from_be_bytes(b.get(4..)?.try_into().ok()?);
+            Datum::Text(format!("({block},{offset})"))
+        }
+        XID | CID => Datum::Text(u32::from_be_bytes(b.try_into().ok()?).to_string()),
+        XID8 => Datum::Text(u64::from_be_bytes(b.try_into().ok()?).to_string()),
+        PG_LSN => {
+            let lsn = u64::from_be_bytes(b.try_into().ok()?);
+            Datum::Text(format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff))
+        }
+        MACADDR | MACADDR8 if b.len() == if oid == MACADDR { 6 } else { 8 } => {
+            let parts: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
+            Datum::Text(parts.join(":"))
+        }
+        BIT | VARBIT => {
+            let bits = usize::try_from(i32::from_be_bytes(b.get(..4)?.try_into().ok()?)).ok()?;
+            let data = &b[4..];
+            if data.len() != bits.div_ceil(8) {
+                return None;
+            }
+            let text: String = (0..bits)
+                .map(|i| {
+                    if data[i / 8] & (0x80 >> (i % 8)) != 0 {
+                        '1'
+                    } else {
+                        '0'
+                    }
+                })
+                .collect();
+            Datum::Text(text)
+        }
+        INET | CIDR => Datum::Text(inet_text(b, oid == CIDR)?),
         TIME => Datum::Text(time_of_day(i64::from_be_bytes(b.try_into().ok()?))),
         INTERVAL => {
             if b.len() != 16 {
@@ -835,6 +919,36 @@ fn binary_scalar(oid: u32, b: &[u8]) -> Option<Datum> {
             Datum::Text(out)
         }
         _ => return None,
+    })
+}
+
+/// inet_send's format (family, bits, is-cidr flag, address length,
+/// address) as network_out prints it: every IPv4 octet, `/bits` unless an
+/// inet covers a single address. `None` for IPv6 addresses with an
+/// embedded IPv4 part, whose spelling Postgres and Rust may not share.
+fn inet_text(b: &[u8], cidr: bool) -> Option<String> {
+    // PGSQL_AF_INET and PGSQL_AF_INET6 (src/include/utils/inet.h)
+    let &[family, bits, _, len] = b.first_chunk::<4>()?;
+    let address = &b[4..];
+    let (text, max) = match (family, len, address.len()) {
+        (2, 4, 4) => (
+            std::net::Ipv4Addr::from(<[u8; 4]>::try_from(address).ok()?).to_string(),
+            32,
+        ),
+        (3, 16, 16) => {
+            let ip = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(address).ok()?);
+            let words = ip.segments();
+            if words[..5].iter().all(|w| *w == 0) && ip.to_bits() > 1 {
+                return None;
+            }
+            (ip.to_string(), 128)
+        }
+        _ => return None,
+    };
+    Some(if cidr || bits != max {
+        format!("{text}/{bits}")
+    } else {
+        text
     })
 }
 
@@ -993,6 +1107,106 @@ fn numeric_text(b: &[u8]) -> Option<String> {
         out.push_str(&fraction);
     }
     Some(out)
+}
+
+/// A big-endian i32 at `*pos`, moving past it.
+fn read_i32(b: &[u8], pos: &mut usize) -> Option<i32> {
+    let v = i32::from_be_bytes(b.get(*pos..pos.checked_add(4)?)?.try_into().ok()?);
+    *pos += 4;
+    Some(v)
+}
+
+/// A length-prefixed value (-1: NULL) at `*pos`, moving past it.
+fn read_value<'a>(b: &'a [u8], pos: &mut usize) -> Option<Option<&'a [u8]>> {
+    let len = read_i32(b, pos)?;
+    if len < 0 {
+        return Some(None);
+    }
+    let len = usize::try_from(len).ok()?;
+    let bytes = b.get(*pos..pos.checked_add(len)?)?;
+    *pos += len;
+    Some(Some(bytes))
+}
+
+/// record_send's format (field count, then per field its type OID and a
+/// length-prefixed value) to an object of the fields by name.
+fn binary_composite(
+    b: &[u8],
+    fields: &[(Arc<str>, u32)],
+    value: &dyn Fn(u32, &[u8]) -> Option<Datum>,
+) -> Option<Datum> {
+    let mut pos = 0;
+    let count = usize::try_from(read_i32(b, &mut pos)?).ok()?;
+    if count != fields.len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(count);
+    for (name, _) in fields {
+        let oid = read_i32(b, &mut pos)? as u32;
+        let datum = match read_value(b, &mut pos)? {
+            None => Datum::Null,
+            Some(bytes) => value(oid, bytes)?,
+        };
+        out.push((Arc::clone(name), datum));
+    }
+    (pos == b.len()).then_some(Datum::Object(out))
+}
+
+/// range_send's format (a flags byte, then the finite bounds as
+/// length-prefixed values) to the object text mode gives. Returns the value
+/// and the bytes read.
+fn binary_range(b: &[u8], bound: &dyn Fn(&[u8]) -> Option<Datum>) -> Option<(Datum, usize)> {
+    // RANGE_EMPTY, RANGE_LB_INC, RANGE_UB_INC, RANGE_LB_INF, RANGE_UB_INF
+    // (src/include/utils/rangetypes.h)
+    const EMPTY: u8 = 0x01;
+    const LB_INC: u8 = 0x02;
+    const UB_INC: u8 = 0x04;
+    const LB_INF: u8 = 0x08;
+    const UB_INF: u8 = 0x10;
+    let flags = *b.first()?;
+    let mut pos = 1;
+    if flags & EMPTY != 0 {
+        let empty = Datum::Object(vec![(Arc::from("empty"), Datum::Bool(true))]);
+        return Some((empty, pos));
+    }
+    let mut side = |infinite: bool| -> Option<Datum> {
+        if infinite {
+            return Some(Datum::Null);
+        }
+        bound(read_value(b, &mut pos)??)
+    };
+    let lower = side(flags & LB_INF != 0)?;
+    let upper = side(flags & UB_INF != 0)?;
+    Some((
+        Datum::Object(vec![
+            (Arc::from("lower"), lower),
+            (Arc::from("upper"), upper),
+            (Arc::from("lower_inc"), Datum::Bool(flags & LB_INC != 0)),
+            (Arc::from("upper_inc"), Datum::Bool(flags & UB_INC != 0)),
+        ]),
+        pos,
+    ))
+}
+
+/// multirange_send's format (a range count, then each range length-prefixed)
+/// to an array of ranges.
+fn binary_multirange(b: &[u8], bound: &dyn Fn(&[u8]) -> Option<Datum>) -> Option<Datum> {
+    let mut pos = 0;
+    let count = usize::try_from(read_i32(b, &mut pos)?).ok()?;
+    // Each range takes at least its 4-byte length and a flags byte.
+    if count > b.len() / 5 {
+        return None;
+    }
+    let mut ranges = Vec::with_capacity(count);
+    for _ in 0..count {
+        let bytes = read_value(b, &mut pos)??;
+        let (range, end) = binary_range(bytes, bound)?;
+        if end != bytes.len() {
+            return None;
+        }
+        ranges.push(range);
+    }
+    (pos == b.len()).then_some(Datum::Array(ranges))
 }
 
 /// array_send's format (ndim, has-null flag, element type, dimensions and
@@ -1271,6 +1485,35 @@ mod tests {
             b(INTERVAL, &[1, 2, 3]),
             obj(vec![("binary_base64", t("AQID"))])
         );
+        // int4range [1,5): flags LB_INC, then two length-prefixed int4s
+        let mut range = vec![0x02];
+        for v in [4i32, 1, 4, 5] {
+            range.extend_from_slice(&v.to_be_bytes());
+        }
+        assert_eq!(
+            b(3904, &range),
+            obj(vec![
+                ("lower", Datum::Int(1)),
+                ("upper", Datum::Int(5)),
+                ("lower_inc", Datum::Bool(true)),
+                ("upper_inc", Datum::Bool(false)),
+            ])
+        );
+        assert_eq!(
+            b(3904, &range[..range.len() - 2]),
+            obj(vec![(
+                "binary_base64",
+                Datum::Text(base64_encode(&range[..range.len() - 2]))
+            )])
+        );
+        assert_eq!(b(INET, &[2, 24, 0, 4, 10, 0, 0, 1]), t("10.0.0.1/24"));
+        assert_eq!(b(CIDR, &[2, 32, 1, 4, 10, 0, 0, 1]), t("10.0.0.1/32"));
+        // ::ffff:1.2.3.4: Postgres spells it with a dotted quad, not guessed here
+        let mapped = [
+            3, 128, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 1, 2, 3, 4,
+        ];
+        assert!(matches!(b(INET, &mapped), Datum::Object(_)));
+        assert_eq!(b(CHAR, &[0xe9]), t("\\351"));
         assert_eq!(iso_interval(0, 0, 0), "PT0S");
         assert_eq!(iso_interval(0, -1, 0), "P-1D");
         assert_eq!(iso_interval(14_706_500_000, 3, 14), "P1Y2M3DT4H5M6.5S");
