@@ -1,6 +1,7 @@
 //! ALTER TABLE in the middle of a stream: Postgres re-sends the Relation
 //! message before the next change of the table, and events after it use the
-//! new columns and types, including types walcast has to look up then.
+//! new columns and types, including types walcast has to look up then; in
+//! text and in binary mode.
 
 mod common;
 
@@ -9,6 +10,15 @@ use serde_json::{json, Value};
 
 #[test]
 fn events_after_alter_table_use_the_new_columns() {
+    events_after_alter_table("");
+}
+
+#[test]
+fn events_after_alter_table_use_the_new_columns_in_binary_mode() {
+    events_after_alter_table("binary = true\n");
+}
+
+fn events_after_alter_table(extra: &str) {
     let db = TenantDb::start();
     db.sql(
         "create table sc (id int primary key, a int);
@@ -17,7 +27,7 @@ fn events_after_alter_table_use_the_new_columns() {
          create type pair as (n int, s text);",
     );
     let dir = TempDir::new("schema-change");
-    let tail = tail(&db, &dir, "\"sc\"", "");
+    let tail = tail(&db, &dir, "\"sc\"", extra);
     let new_rows =
         |n: usize| -> Vec<Value> { tail.events(n).iter().map(|e| e["new"].clone()).collect() };
 

@@ -1,6 +1,6 @@
 //! Unchanged TOASTed values: Postgres does not send them with an UPDATE;
 //! walcast lists them in `unchanged` and leaves them out of `new`, never
-//! reporting them as null or inventing them.
+//! reporting them as null or inventing them; in text and in binary mode.
 
 mod common;
 
@@ -13,6 +13,15 @@ const BIG: &str = "(select string_agg(md5(i::text), '') from generate_series(1, 
 
 #[test]
 fn unchanged_toast_is_listed_never_null() {
+    unchanged_toast("");
+}
+
+#[test]
+fn unchanged_toast_is_listed_never_null_in_binary_mode() {
+    unchanged_toast("binary = true\n");
+}
+
+fn unchanged_toast(extra: &str) {
     let db = TenantDb::start();
     db.sql(
         "create table docs (id int primary key, title text, body text, extra text);
@@ -22,7 +31,7 @@ fn unchanged_toast_is_listed_never_null() {
     let big = db.sql(&format!("select {BIG}")).trim().to_owned();
     assert_eq!(big.len(), 64_000);
     let dir = TempDir::new("toast");
-    let tail = tail(&db, &dir, "\"docs\", \"docs_full\"", "");
+    let tail = tail(&db, &dir, "\"docs\", \"docs_full\"", extra);
 
     db.sql(&format!("insert into docs values (1, 'a', {BIG}, {BIG})"));
     let insert = &tail.events(1)[0];
