@@ -123,6 +123,12 @@ fn replication_error(
         )
     } else if text.contains("is active for PID") {
         format!("another process is reading slot {} (another walcast?): stop it or give this tenant its own slot", tenant.slot)
+    } else if text.contains("unrecognized pgoutput option") && text.contains("binary") {
+        // pgoutput learned the binary option in PostgreSQL 14.
+        format!(
+            "binary = true needs PostgreSQL 14 or newer: remove it from tenant {}",
+            tenant.id
+        )
     } else if text.contains("logical decoding requires wal_level") || text.contains("wal_level") {
         "; set wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)"
             .to_string()
