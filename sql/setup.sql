@@ -13,8 +13,11 @@ GRANT USAGE ON SCHEMA public TO walcast;
 GRANT SELECT ON public.tasks, public.environments, public.deployments, public.audit_log TO walcast;
 
 -- 3. The publication: the tables walcast streams (the tenant's `tables`).
---    Default name: walcast_<tenant id>.
-CREATE PUBLICATION walcast_acme FOR TABLE public.tasks, public.environments, public.deployments, public.audit_log;
+--    Default name: walcast_<tenant id>. publish_via_partition_root makes
+--    changes of a partitioned table carry its name rather than the name of
+--    the partition holding the row.
+CREATE PUBLICATION walcast_acme FOR TABLE public.tasks, public.environments, public.deployments, public.audit_log
+    WITH (publish_via_partition_root = true);
 
 -- 4. The replication slot (walcast run also creates it when it is missing).
 --    Default name: walcast_<tenant id>. A slot keeps WAL until walcast has

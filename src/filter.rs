@@ -148,7 +148,7 @@ fn split_list(inner: &str) -> Vec<String> {
 /// they cannot be compared (NULL, arrays, a non-number against a number).
 fn compare(value: &Datum, literal: &str) -> Option<Ordering> {
     match value {
-        Datum::Null | Datum::Array(_) => None,
+        Datum::Null | Datum::Array(_) | Datum::Object(_) => None,
         Datum::Int(i) => match literal.parse::<i64>() {
             Ok(l) => Some(i.cmp(&l)),
             Err(_) => (*i as f64).partial_cmp(&literal.parse::<f64>().ok()?),

@@ -5,15 +5,16 @@
 //!
 //! ```text
 //!  tenant Postgres ──pgoutput slot──▶ source ──▶ decode ──▶ apply ──▶ sink ──▶ confirm(end_lsn)
-//!   (regular conn: setup, checks)   (pgwire-     (pure,     (typed     (stdout now;
-//!                                    replication) no I/O)    JSON)     Redis, hub later)
+//!   (regular conn: setup, checks,   (pgwire-     (pure,     (typed     (stdout now;
+//!    catalog look-ups of types)      replication) no I/O)    JSON)     Redis, hub later)
 //! ```
 //!
 //! One task per tenant (`tenant`) runs source → decode → apply → sink; decode
 //! and apply are pure and run in that task. Modules, in the order data moves:
 //!
 //! - `cli`, `config`: arguments and the validated TOML configuration;
-//! - `source`: the tenant's Postgres (setup, checks, replication session);
+//! - `source`: the tenant's Postgres (setup, checks, catalog look-ups of
+//!   column types, replication session);
 //! - `decode`: pgoutput bytes → messages;
 //! - `apply`: messages → numbered, typed `ChangeEvent`s, encoded once;
 //! - `model`: plain data (`Lsn`, `EventId`, `ChangeEvent`);

@@ -40,7 +40,7 @@ fn check_passes_after_setup_and_warns_on_weak_replica_identity() {
     );
     let (status, stdout, _) = walcast_output(&config, &["setup", "--dry-run"]);
     assert!(status.success());
-    assert!(stdout.contains("CREATE PUBLICATION \"walcast_acme\" FOR TABLE \"public\".\"tasks\", \"public\".\"nokey\";"), "{stdout}");
+    assert!(stdout.contains("CREATE PUBLICATION \"walcast_acme\" FOR TABLE \"public\".\"tasks\", \"public\".\"nokey\" WITH (publish_via_partition_root = true);"), "{stdout}");
     assert_eq!(
         db.sql("select count(*) from pg_publication").trim(),
         "0",

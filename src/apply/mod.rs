@@ -11,4 +11,4 @@ mod values;
 
 pub use relations::{Relation, RelationCache, RelationColumnInfo};
 pub use txn::{Applier, ApplyError, TxnInfo};
-pub use values::{text_to_datum, type_oid};
+pub use values::{builtin_shape, text_to_datum, type_oid, TypeMap};

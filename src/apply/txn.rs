@@ -1,11 +1,12 @@
 //! Assembling one transaction's messages into numbered change events.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::relations::{Relation, RelationCache};
-use super::values::text_to_datum;
+use super::values::TypeMap;
 use crate::decode::{OldTuple, OldTupleKind, PgOutputMessage, TupleValue};
 use crate::model::{ChangeBody, ChangeEvent, Datum, EventId, Lsn, Op, RowImage};
 
@@ -33,8 +34,12 @@ pub enum ApplyError {
     },
     #[error("{message} message outside a transaction")]
     OutsideTransaction { message: &'static str },
-    #[error("{table}.{column}: binary value received, but binary mode was not requested")]
-    UnexpectedBinary { table: String, column: String },
+    #[error("{table}.{column}: a value of composite type {type_oid} has another number of fields than the catalog said when it was looked up; look the type up again")]
+    StaleType {
+        table: String,
+        column: String,
+        type_oid: u32,
+    },
     #[error("{table}.{column}: value is not valid UTF-8")]
     InvalidUtf8 { table: String, column: String },
 }
@@ -44,6 +49,10 @@ pub enum ApplyError {
 pub struct Applier {
     tenant: Arc<str>,
     relations: RelationCache,
+    types: TypeMap,
+    /// Report a composite value that does not fit its cached type as
+    /// `ApplyError::StaleType` (else keep it as text).
+    report_stale: bool,
     txn: Option<TxnInfo>,
 }
 
@@ -52,6 +61,8 @@ impl Applier {
         Applier {
             tenant,
             relations: RelationCache::default(),
+            types: TypeMap::default(),
+            report_stale: true,
             txn: None,
         }
     }
@@ -61,6 +72,21 @@ impl Applier {
     pub fn reset(&mut self) {
         self.relations.clear();
         self.txn = None;
+    }
+
+    /// Whether `apply` fails with `ApplyError::StaleType` (the default) or
+    /// keeps such a value as text: after the type was just looked up again
+    /// there is nothing newer to learn.
+    pub fn set_report_stale(&mut self, report: bool) {
+        self.report_stale = report;
+    }
+
+    pub fn types(&self) -> &TypeMap {
+        &self.types
+    }
+
+    pub fn types_mut(&mut self) -> &mut TypeMap {
+        &mut self.types
     }
 
     pub fn in_transaction(&self) -> Option<&TxnInfo> {
@@ -142,12 +168,15 @@ impl Applier {
             PgOutputMessage::Relation(rel) => {
                 self.relations.insert(Relation::from(rel));
             }
-            // Origin names where a replicated transaction came from; Type
-            // describes a non-built-in type whose values we keep as text.
-            PgOutputMessage::Origin { .. } | PgOutputMessage::Type { .. } => {}
+            // Postgres (re)describes a non-built-in type before a Relation
+            // that uses it: it may have changed, so look it up again.
+            PgOutputMessage::Type { id, .. } => self.types.forget(id),
+            // Origin names where a replicated transaction came from.
+            PgOutputMessage::Origin { .. } => {}
             PgOutputMessage::Insert { relation_id, new } => {
                 let rel = self.relation(relation_id)?;
-                let (new, unchanged) = row_image(&rel, &new, RowPart::All)?;
+                let (new, unchanged) =
+                    row_image(&rel, &self.types, self.report_stale, &new, RowPart::All)?;
                 let key = key_image(&rel, &new);
                 self.push(
                     out,
@@ -166,10 +195,11 @@ impl Applier {
                 new,
             } => {
                 let rel = self.relation(relation_id)?;
-                let (new, unchanged) = row_image(&rel, &new, RowPart::All)?;
+                let (new, unchanged) =
+                    row_image(&rel, &self.types, self.report_stale, &new, RowPart::All)?;
                 let key = key_image(&rel, &new);
                 let old = match old {
-                    Some(old) => Some(old_image(&rel, &old)?),
+                    Some(old) => Some(old_image(&rel, &self.types, self.report_stale, &old)?),
                     // Without an old tuple the key did not change: the key is
                     // what we know of the old row.
                     None => key.clone(),
@@ -187,7 +217,7 @@ impl Applier {
             }
             PgOutputMessage::Delete { relation_id, old } => {
                 let rel = self.relation(relation_id)?;
-                let old = old_image(&rel, &old)?;
+                let old = old_image(&rel, &self.types, self.report_stale, &old)?;
                 let key = key_image(&rel, &old);
                 self.push(
                     out,
@@ -293,6 +323,8 @@ enum RowPart {
 /// Typed values of a tuple, and the columns left out as unchanged TOAST.
 fn row_image(
     rel: &Relation,
+    types: &TypeMap,
+    report_stale: bool,
     values: &[TupleValue],
     part: RowPart,
 ) -> Result<(RowImage, Vec<Arc<str>>), ApplyError> {
@@ -305,6 +337,7 @@ fn row_image(
     }
     let mut row = Vec::with_capacity(values.len());
     let mut unchanged = Vec::new();
+    let stale = Cell::new(None);
     for (column, value) in rel.columns.iter().zip(values) {
         if part == RowPart::KeyOnly && !column.is_key {
             continue;
@@ -320,27 +353,37 @@ fn row_image(
                     table: rel.table.to_string(),
                     column: column.name.to_string(),
                 })?;
-                text_to_datum(column.type_oid, text)
+                types.text_to_datum_checked(column.type_oid, text, &stale)
             }
-            TupleValue::Binary(_) => {
-                return Err(ApplyError::UnexpectedBinary {
-                    table: rel.table.to_string(),
-                    column: column.name.to_string(),
-                })
+            // Only sent when the tenant asked for binary mode.
+            TupleValue::Binary(bytes) => {
+                types.binary_to_datum_checked(column.type_oid, bytes, &stale)
             }
         };
+        if let (true, Some(type_oid)) = (report_stale, stale.get()) {
+            return Err(ApplyError::StaleType {
+                table: rel.table.to_string(),
+                column: column.name.to_string(),
+                type_oid,
+            });
+        }
         row.push((Arc::clone(&column.name), datum));
     }
     Ok((RowImage(row), unchanged))
 }
 
-fn old_image(rel: &Relation, old: &OldTuple) -> Result<RowImage, ApplyError> {
+fn old_image(
+    rel: &Relation,
+    types: &TypeMap,
+    report_stale: bool,
+    old: &OldTuple,
+) -> Result<RowImage, ApplyError> {
     let part = match old.kind {
         // A key tuple sends the other columns as NULL: leave them out.
         OldTupleKind::Key => RowPart::KeyOnly,
         OldTupleKind::Full => RowPart::All,
     };
-    Ok(row_image(rel, &old.values, part)?.0)
+    Ok(row_image(rel, types, report_stale, &old.values, part)?.0)
 }
 
 /// The replica-identity columns of a row image (None when the table has none).

@@ -117,6 +117,8 @@ pub(crate) struct RawTenant {
     pub tables: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     pub mirror: Vec<RawMirror>,
+    #[serde(default)]
+    pub binary: bool,
 }
 
 /// Reads and validates the configuration file.

@@ -22,9 +22,9 @@ pub const DEFAULT_REDIS_COMMAND_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_STREAM_MAX_LEN: u64 = 100_000;
 
 /// Session settings pinned on every connection so that values print the same
-/// way whatever the server's defaults are (see docs/types.md).
+/// way whatever the server's defaults are (see docs/events.md, "Types").
 pub const SESSION_OPTIONS: &str =
-    "-c DateStyle=ISO,YMD -c IntervalStyle=iso_8601 -c TimeZone=UTC -c extra_float_digits=3";
+    "-c DateStyle=ISO,YMD -c IntervalStyle=iso_8601 -c TimeZone=UTC -c extra_float_digits=3 -c bytea_output=hex";
 
 /// A tenant id: `[a-z0-9][a-z0-9_-]{0,47}`; it appears in URLs, Redis keys and
 /// (with `-` as `_`) in slot names.
@@ -191,6 +191,8 @@ pub struct TenantConfig {
     pub tables: Vec<TableName>,
     /// Which tables are mirrored into Redis, and how.
     pub mirror: Vec<MirrorRule>,
+    /// Ask pgoutput for column values in binary send format (PostgreSQL 14+).
+    pub binary: bool,
 }
 
 /// Where Redis is and how long the per-tenant event streams are kept.
@@ -319,6 +321,7 @@ pub(super) fn validate(
             publication,
             tables,
             mirror,
+            binary: raw.binary,
         });
     }
     // Shared rules apply to every tenant that streams the table and has no
@@ -713,7 +716,12 @@ tables = ["tasks", "audit.Log", '"Mixed"."Case"']
             ]
         );
         assert!(!format!("{:?}", t.pg).contains("s3cret"));
+        assert!(!t.binary);
         assert_eq!(config.shutdown_timeout, Duration::from_secs(10));
+        let binary =
+            load("[[tenants]]\nid = \"a\"\nurl = \"postgres://u@h/d\"\ntables = [\"t\"]\nbinary = true\n")
+                .unwrap();
+        assert!(binary.tenants[0].binary);
     }
 
     #[test]

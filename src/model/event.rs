@@ -106,6 +106,43 @@ pub enum Datum {
     /// Text that is already valid JSON (json, jsonb), embedded as it is.
     Json(String),
     Array(Vec<Datum>),
+    /// A JSON object: composite values by field, ranges by bound.
+    Object(Vec<(Arc<str>, Datum)>),
+}
+
+/// How the values of a type that is not a built-in scalar are built from
+/// other types, as the catalog (`pg_type`) describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypeShape {
+    /// A domain: its values are values of the base type.
+    Domain { base: u32 },
+    /// An array; `delimiter` separates elements in its text form (`,`, but
+    /// `;` for box).
+    Array { element: u32, delimiter: u8 },
+    /// A composite (row) type: field names and types in order.
+    Composite { fields: Vec<(Arc<str>, u32)> },
+    /// A range over `subtype`.
+    Range { subtype: u32 },
+    /// A multirange of the range type `range`.
+    Multirange { range: u32 },
+    /// An enum: its label (also in binary mode, where it is sent as text).
+    Enum,
+    /// Base types of extensions, and anything else: the text form.
+    Text,
+}
+
+impl TypeShape {
+    /// The types this one is built from.
+    pub fn referenced(&self) -> Vec<u32> {
+        match self {
+            TypeShape::Domain { base } => vec![*base],
+            TypeShape::Array { element, .. } => vec![*element],
+            TypeShape::Composite { fields } => fields.iter().map(|(_, t)| *t).collect(),
+            TypeShape::Range { subtype } => vec![*subtype],
+            TypeShape::Multirange { range } => vec![*range],
+            TypeShape::Enum | TypeShape::Text => Vec::new(),
+        }
+    }
 }
 
 /// Column values of one row version, in table column order.

@@ -7,8 +7,8 @@ mod time;
 mod wire;
 
 pub use event::{
-    ChangeBody, ChangeEvent, Datum, EventId, Op, ParseEventIdError, RowImage, TableName,
+    ChangeBody, ChangeEvent, Datum, EventId, Op, ParseEventIdError, RowImage, TableName, TypeShape,
 };
 pub use lsn::{Lsn, ParseLsnError};
-pub use time::format_pg_timestamp;
-pub use wire::{datum_json, encode_event, row_json};
+pub use time::{civil_from_days, format_pg_timestamp};
+pub use wire::{base64_encode, datum_json, encode_event, row_json};

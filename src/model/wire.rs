@@ -170,6 +170,18 @@ fn write_datum(out: &mut Vec<u8>, value: &Datum) {
         }
         Datum::Text(s) => write_str(out, s),
         Datum::Json(raw) => out.extend_from_slice(raw.as_bytes()),
+        Datum::Object(fields) => {
+            out.push(b'{');
+            for (i, (name, item)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(out, name);
+                out.push(b':');
+                write_datum(out, item);
+            }
+            out.push(b'}');
+        }
         Datum::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -189,7 +201,7 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Standard base64 with padding (RFC 4648), for message contents that are not UTF-8.
-fn base64_encode(input: &[u8]) -> String {
+pub fn base64_encode(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {

@@ -219,7 +219,7 @@ async fn run_checks(
             CheckLevel::Fail,
             format!("publication {} does not exist", tenant.publication),
             Some(format!(
-                "walcast setup  (or by hand: CREATE PUBLICATION {} FOR TABLE {};)",
+                "walcast setup  (or by hand: CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true);)",
                 quote_ident(&tenant.publication),
                 tables.join(", ")
             )),

@@ -1,13 +1,15 @@
 //! The tenant's Postgres: the regular connection for setup, checks and catalog
-//! look-ups, and the replication session that carries the pgoutput stream.
+//! look-ups (`catalog`: the shape of non-built-in column types), and the replication session that carries the pgoutput stream.
 //!
 //! Owns connecting, slot and publication management, `walcast check`, and
 //! confirming LSNs. Does not decode rows, and knows nothing of sinks.
 
+mod catalog;
 mod check;
 mod replication;
 mod setup;
 
+pub use catalog::load_types;
 pub use check::{check_tenant, CheckItem, CheckLevel, CheckReport};
 pub use replication::{ExportedSnapshot, PendingSession, ReplicationSession, SlotKind};
 pub use setup::{

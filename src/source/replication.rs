@@ -53,6 +53,7 @@ impl PendingSession {
             .pg
             .replication_config(slot_name, &tenant.publication, "walcast")
             .with_start_lsn(start.into())
+            .with_binary(tenant.binary)
             .with_status_interval(STATUS_INTERVAL);
         let client = ReplicationClient::connect_gated(config)
             .await
@@ -216,6 +217,12 @@ fn replication_error(
         )
     } else if text.contains("is active for PID") {
         format!("another process is reading slot {} (another walcast?): stop it or give this tenant its own slot", tenant.slot)
+    } else if text.contains("unrecognized pgoutput option") && text.contains("binary") {
+        // pgoutput learned the binary option in PostgreSQL 14.
+        format!(
+            "binary = true needs PostgreSQL 14 or newer: remove it from tenant {}",
+            tenant.id
+        )
     } else if text.contains("logical decoding requires wal_level") || text.contains("wal_level") {
         "; set wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)"
             .to_string()

@@ -79,8 +79,11 @@ pub async fn setup_sql(
         None => {
             let tables: Vec<String> = tenant.tables.iter().map(quote_table).collect();
             actions.push(SetupAction {
+                // Via the partition root: a change of a partitioned table is
+                // reported under the table the tenant configured, not under
+                // the partition that holds the row.
                 sql: format!(
-                    "CREATE PUBLICATION {} FOR TABLE {};",
+                    "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true);",
                     quote_ident(&tenant.publication),
                     tables.join(", ")
                 ),
@@ -128,9 +131,19 @@ pub(crate) async fn published_tables(
     client: &Client,
     tenant: &TenantConfig,
 ) -> Result<Vec<TableName>, SourceError> {
+    // pg_publication_tables lists the partitions, not the partitioned table
+    // itself, of a publication without publish_via_partition_root: the
+    // tables named in the publication come from pg_publication_rel.
     let rows = client
         .query(
-            "select schemaname::text, tablename::text from pg_publication_tables where pubname = $1",
+            "select schemaname::text, tablename::text from pg_publication_tables where pubname = $1
+             union
+             select n.nspname::text, c.relname::text
+               from pg_publication_rel r
+               join pg_publication p on p.oid = r.prpubid
+               join pg_class c on c.oid = r.prrelid
+               join pg_namespace n on n.oid = c.relnamespace
+              where p.pubname = $1",
             &[&tenant.publication],
         )
         .await

@@ -162,7 +162,9 @@ pub(super) async fn run_session(
         // What the sink dropped must be handed to it again.
         progress.last_written = progress.committed_event;
     }
-    let mut session = match prepare(tenant, options).await? {
+    // The regular connection stays open for catalog look-ups of column types.
+    let (catalog, pending) = prepare(tenant, options).await?;
+    let mut session = match pending {
         // A new slot with a snapshot: stream from the snapshot's point.
         Some(pending) => pending.start().await?,
         None => ReplicationSession::open(tenant, &options.slot, progress.confirmed_end).await?,
@@ -225,6 +227,10 @@ pub(super) async fn run_session(
                     tenant: tenant_name(),
                     source,
                 })?;
+                if let PgOutputMessage::Relation(relation) = &msg {
+                    let types = relation.columns.iter().map(|c| c.type_oid);
+                    learn_types(&catalog, tenant, &mut applier, types).await?;
+                }
                 // A skipped transaction still updates the relation cache.
                 if skipping
                     && !matches!(
@@ -234,12 +240,29 @@ pub(super) async fn run_session(
                 {
                     continue;
                 }
-                applier
-                    .apply(msg, &mut events)
-                    .map_err(|source| PipelineError::Apply {
-                        tenant: tenant_name(),
-                        source,
-                    })?;
+                let applied = match applier.apply(msg, &mut events) {
+                    // A composite type changed without Postgres describing
+                    // it again (ALTER TYPE … ADD ATTRIBUTE sends no Type or
+                    // Relation message): look it up anew and apply the
+                    // message again; what still does not fit stays text.
+                    Err(ApplyError::StaleType { type_oid, .. }) => {
+                        applier.types_mut().forget(type_oid);
+                        learn_types(&catalog, tenant, &mut applier, [type_oid]).await?;
+                        let msg = decode(&data).map_err(|source| PipelineError::Decode {
+                            tenant: tenant_name(),
+                            source,
+                        })?;
+                        applier.set_report_stale(false);
+                        let applied = applier.apply(msg, &mut events);
+                        applier.set_report_stale(true);
+                        applied
+                    }
+                    applied => applied,
+                };
+                applied.map_err(|source| PipelineError::Apply {
+                    tenant: tenant_name(),
+                    source,
+                })?;
                 write(
                     sink,
                     options,
@@ -319,14 +342,37 @@ pub(super) async fn run_session(
     Ok(())
 }
 
-/// Checks (and with `create_missing` creates) publication and slot. With a
-/// Redis mirror whose epoch marker is missing (first start, or Redis lost its
-/// data), (re)creates the slot with an exported snapshot, copies the hot rows,
-/// and returns the pending session that streams from the snapshot's point.
+/// Looks up the types among `oids` (and those they are built from) that the
+/// applier does not know: domains, enums, composites, ranges, arrays of
+/// them, extension types.
+async fn learn_types(
+    catalog: &tokio_postgres::Client,
+    tenant: &TenantConfig,
+    applier: &mut Applier,
+    oids: impl IntoIterator<Item = u32>,
+) -> Result<(), PipelineError> {
+    let missing = applier.types().missing(oids);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let types = applier.types();
+    let shapes = source::load_types(catalog, &tenant.id, &missing, &|oid| types.knows(oid)).await?;
+    tracing::debug!(tenant = %tenant.id, count = shapes.len(), "looked up column types");
+    for (oid, shape) in shapes {
+        applier.types_mut().insert(oid, shape);
+    }
+    Ok(())
+}
+
+/// Checks (and with `create_missing` creates) publication and slot, and
+/// returns the regular connection. With a Redis mirror whose epoch marker is
+/// missing (first start, or Redis lost its data), (re)creates the slot with an
+/// exported snapshot, copies the hot rows, and also returns the pending
+/// session that streams from the snapshot's point.
 async fn prepare(
     tenant: &TenantConfig,
     options: &PipelineOptions,
-) -> Result<Option<PendingSession>, PipelineError> {
+) -> Result<(tokio_postgres::Client, Option<PendingSession>), PipelineError> {
     let client = source::connect(tenant, "walcast").await?;
     if options.create_missing {
         source::ensure_publication(&client, tenant).await?;
@@ -347,21 +393,22 @@ async fn prepare(
         }
     }
     if options.slot != SlotKind::Permanent {
-        return Ok(None);
+        return Ok((client, None));
     }
     let Some(mirror) = &options.mirror else {
         if options.create_missing {
             source::ensure_slot(&client, tenant).await?;
         }
-        return Ok(None);
+        return Ok((client, None));
     };
     let epoch = mirror.read_epoch().await;
     let slot = source::slot_state(&client, tenant).await?;
     if !epoch.is_empty() && slot.is_some() {
         mirror.set_expected_epoch(epoch).await;
-        return Ok(None);
+        return Ok((client, None));
     }
-    snapshot_into(&client, tenant, mirror, slot).await.map(Some)
+    let pending = snapshot_into(&client, tenant, mirror, slot).await?;
+    Ok((client, Some(pending)))
 }
 
 /// Recreates the tenant's slot with an exported snapshot and copies the hot

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::apply::text_to_datum;
+use crate::apply::TypeMap;
 use crate::config::TenantConfig;
 use crate::model::{Datum, RowImage, TableName};
 use crate::sink::RedisSink;
@@ -27,6 +27,8 @@ pub enum SnapshotError {
     },
     #[error("{table} has no primary key or replica identity columns to key the mirror by; add a primary key or set `key` in its mirror rule")]
     NoKey { table: String },
+    #[error("looking up column types failed")]
+    Types(#[source] Box<crate::source::SourceError>),
     #[error("writing the snapshot to redis failed")]
     Sink(#[source] crate::sink::SinkError),
 }
@@ -54,6 +56,7 @@ pub async fn copy(
     sink.clear_mirror().await.map_err(SnapshotError::Sink)?;
     let mut total = 0u64;
     let progress = Progress::new(&tenant.id.to_string());
+    let mut types = TypeMap::default();
     let mut rules: Vec<_> = sink.rules().cloned().collect();
     rules.sort_by(|a, b| a.table.cmp(&b.table));
     for rule in rules {
@@ -71,6 +74,18 @@ pub async fn copy(
             .iter()
             .map(|r| (r.get(0), r.get::<_, i64>(1) as u32))
             .collect();
+        // Domains, enums, composites…: typed the way the stream types them.
+        let missing = types.missing(columns.iter().map(|(_, oid)| *oid));
+        if !missing.is_empty() {
+            let known = types.clone();
+            let shapes =
+                crate::source::load_types(client, &tenant.id, &missing, &|oid| known.knows(oid))
+                    .await
+                    .map_err(|e| SnapshotError::Types(Box::new(e)))?;
+            for (oid, shape) in shapes {
+                types.insert(oid, shape);
+            }
+        }
         let key_columns = match &rule.key {
             Some(key) => key.clone(),
             None => {
@@ -119,7 +134,7 @@ pub async fn copy(
                         .enumerate()
                         .map(|(i, (name, oid))| {
                             let value = match row.get(i) {
-                                Some(text) => text_to_datum(*oid, text),
+                                Some(text) => types.text_to_datum(*oid, text),
                                 None => Datum::Null,
                             };
                             (name.as_str().into(), value)

@@ -296,3 +296,38 @@ pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A config file with one `[[tenants]]` entry per `(id, tables, extra)` on
+/// `db`; `tables` is TOML (`"\"public.t\""`), `extra` more keys
+/// (`"binary = true\n"`).
+pub fn config_file(dir: &TempDir, db: &TenantDb, tenants: &[(&str, &str, &str)]) -> PathBuf {
+    let mut text = String::new();
+    for (id, tables, extra) in tenants {
+        text.push_str(&format!(
+            "[[tenants]]\nid = \"{id}\"\nurl = \"{}\"\ntables = [{tables}]\n{extra}\n",
+            db.url()
+        ));
+    }
+    dir.write("walcast.toml", &text)
+}
+
+/// `walcast tail --tenant acme` on its permanent slot (created, with the
+/// publication, on start) for `tables`, once it is streaming.
+pub fn tail(db: &TenantDb, dir: &TempDir, tables: &str, extra: &str) -> Walcast {
+    let config = config_file(dir, db, &[("acme", tables, extra)]);
+    let tail = Walcast::spawn(&config, &["tail", "--tenant", "acme"]);
+    tail.wait_log("streaming", 1);
+    tail
+}
+
+/// The parts of an event a test asserts on: everything but the id, LSN,
+/// xid and commit time, which change from run to run.
+pub fn change(event: &serde_json::Value) -> serde_json::Value {
+    let mut event = event.clone();
+    if let Some(object) = event.as_object_mut() {
+        for field in ["id", "lsn", "xid", "commit_ts", "tenant"] {
+            object.remove(field);
+        }
+    }
+    event
+}
