@@ -103,3 +103,155 @@ fn replayed_batches_are_written_once() {
         .unwrap();
     assert_eq!(rows, 3 + walcast::sink::redis::BATCH_EVENTS as i64 + 10);
 }
+
+fn sink_for(redis: &LocalRedis, extra: &str) -> (RedisSink, tokio::runtime::Runtime) {
+    let text = format!(
+        "[redis]\nurl = \"{}\"\n{extra}\n[[tenants]]\nid = \"acme\"\nurl = \"postgres://u@localhost/db\"\ntables = [\"jobs\"]\n",
+        redis.url()
+    );
+    let config =
+        parse(std::path::Path::new("t.toml"), &text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let tenant = config.tenants[0].clone();
+    let redis_config = config.redis.clone().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sink = rt.block_on(async {
+        let conn = walcast::sink::redis::connect(&redis_config).await.unwrap();
+        let sink = RedisSink::new(&tenant, &redis_config, conn);
+        let epoch = sink.finish_snapshot(Lsn(1)).await.unwrap();
+        sink.set_expected_epoch(epoch).await;
+        sink
+    });
+    (sink, rt)
+}
+
+fn update(lsn: u64, id: i64, status: &str, name: &str, commit_ts: i64) -> ChangeEvent {
+    let row = RowImage(vec![
+        ("id".into(), Datum::Int(id)),
+        ("status".into(), Datum::Text(status.into())),
+        ("name".into(), Datum::Text(name.into())),
+    ]);
+    ChangeEvent::new(
+        EventId {
+            commit_lsn: Lsn(lsn),
+            index: 0,
+        },
+        Arc::from("acme"),
+        Some(1),
+        Some(commit_ts),
+        Op::Update,
+        ChangeBody::Row {
+            table: TableName::new("public", "jobs"),
+            key: Some(RowImage(vec![("id".into(), Datum::Int(id))])),
+            new: Some(row),
+            old: None,
+            unchanged: vec![],
+        },
+    )
+}
+
+/// Microseconds since 2000-01-01 for "now".
+fn pg_now() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    unix.as_micros() as i64 - 946_684_800_000_000
+}
+
+#[test]
+fn cold_rows_linger_unindexed_with_a_custom_key_in_json() {
+    let redis = LocalRedis::start().expect("redis");
+    let (sink, rt) = sink_for(
+        &redis,
+        "[[mirror]]\ntable = \"jobs\"\nkey = [\"name\"]\nhot_when = [\"status=eq.running\"]\nkeep_cold_for_secs = 60\nindex = [\"status\"]\nformat = \"json\"\n",
+    );
+    rt.block_on(async {
+        sink.write(&[update(10, 1, "running", "build:{x}", pg_now())])
+            .await
+            .unwrap();
+        sink.commit(Some(Lsn(11))).await.unwrap();
+    });
+    let mut con = redis_conn(&redis);
+    let key = "walcast:{acme}:row:public.jobs:build%3A%7Bx%7D";
+    let row: String = redis::cmd("GET").arg(key).query(&mut con).unwrap();
+    let row: serde_json::Value = serde_json::from_str(&row).unwrap();
+    assert_eq!(
+        row,
+        serde_json::json!({"_event_id": "10-0", "id": 1, "status": "running", "name": "build:{x}"})
+    );
+    let ttl: i64 = redis::cmd("TTL").arg(key).query(&mut con).unwrap();
+    assert_eq!(ttl, -1, "a hot row does not expire");
+    let running: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("walcast:{acme}:idx:public.jobs:status:\"running\"")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(running, [key]);
+
+    rt.block_on(async {
+        sink.write(&[update(20, 1, "succeeded", "build:{x}", pg_now())])
+            .await
+            .unwrap();
+        sink.commit(Some(Lsn(21))).await.unwrap();
+    });
+    let ttl: i64 = redis::cmd("TTL").arg(key).query(&mut con).unwrap();
+    assert!(
+        (1..=60).contains(&ttl),
+        "a cold row lingers for keep_cold_for_secs: ttl {ttl}"
+    );
+    let row: String = redis::cmd("GET").arg(key).query(&mut con).unwrap();
+    assert!(row.contains("\"succeeded\""), "{row}");
+    for status in ["running", "succeeded"] {
+        let n: i64 = redis::cmd("SCARD")
+            .arg(format!(
+                "walcast:{{acme}}:idx:public.jobs:status:\"{status}\""
+            ))
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(n, 0, "a cold row is in no index ({status})");
+    }
+}
+
+#[test]
+fn stream_retention_by_length_and_by_age() {
+    let redis = LocalRedis::start().expect("redis");
+    let (sink, rt) = sink_for(&redis, "stream_max_len = 10\n");
+    rt.block_on(async {
+        for i in 0..100u64 {
+            sink.write(&[update(100 + i, 1, "running", "a", pg_now())])
+                .await
+                .unwrap();
+            sink.commit(Some(Lsn(100 + i))).await.unwrap();
+        }
+    });
+    let mut con = redis_conn(&redis);
+    let len: i64 = redis::cmd("XLEN")
+        .arg("walcast:{acme}:events")
+        .query(&mut con)
+        .unwrap();
+    // MAXLEN ~ trims whole macro nodes: about 10, never all 100.
+    assert!((10..100).contains(&len), "stream length {len}");
+
+    let redis2 = LocalRedis::start().expect("redis");
+    let (sink, rt) = sink_for(&redis2, "stream_max_age_secs = 3600\n");
+    let hour = 3_600_000_000i64;
+    rt.block_on(async {
+        // Two events committed two hours ago, then one now: the old ones go.
+        sink.write(&[update(10, 1, "running", "a", pg_now() - 2 * hour)])
+            .await
+            .unwrap();
+        sink.commit(Some(Lsn(10))).await.unwrap();
+        sink.write(&[update(20, 1, "running", "a", pg_now() - 2 * hour)])
+            .await
+            .unwrap();
+        sink.commit(Some(Lsn(20))).await.unwrap();
+        sink.write(&[update(30, 1, "running", "a", pg_now())])
+            .await
+            .unwrap();
+        sink.commit(Some(Lsn(30))).await.unwrap();
+    });
+    let mut con = redis_conn(&redis2);
+    let ids: Vec<String> = stream_events(&mut con, "acme")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["30-0"]);
+}
