@@ -589,3 +589,49 @@ fn a_large_transaction_cut_off_midway_is_completed_exactly_once() {
     let (status, _, stderr) = walcast.interrupt();
     assert!(status.success(), "{stderr}");
 }
+
+#[test]
+fn unchanged_toast_columns_are_filled_from_the_mirror() {
+    let redis = LocalRedis::start().expect("redis");
+    let acme = tenant("acme");
+    acme.db.sql("create table docs (id int primary key, status text, body text); alter table docs alter column body set storage external");
+    let dir = TempDir::new("redis-toast");
+    let config = dir.write(
+        "walcast.toml",
+        &format!(
+            "[redis]\nurl = \"{}\"\n[[mirror]]\ntable = \"docs\"\n[[tenants]]\nid = \"acme\"\nurl = \"{}\"\ntables = [\"docs\"]\n",
+            redis.url(),
+            acme.db.url()
+        ),
+    );
+    let walcast = Walcast::spawn(&config, &["run"]);
+    walcast.wait_log("streaming", 1);
+    // Stored out of line (storage external, 8 kB): an update of another
+    // column does not send it.
+    acme.db
+        .sql("insert into docs values (1, 'draft', repeat('x', 8000))");
+    acme.db.sql("update docs set status = 'final' where id = 1");
+    let mut con = redis_conn(&redis);
+    wait_until("both events", || stream_events(&mut con, "acme").len() >= 2);
+    let events = stream_events(&mut con, "acme");
+    assert_eq!(events[1]["op"], "UPDATE");
+    assert_eq!(events[1]["new"]["status"], "final");
+    assert_eq!(
+        events[1]["new"]["body"].as_str().map(str::len),
+        Some(8000),
+        "filled from the mirror"
+    );
+    assert!(
+        events[1].get("unchanged").is_none(),
+        "nothing left unchanged: {}",
+        events[1]
+    );
+    let body: String = redis::cmd("HGET")
+        .arg("walcast:{acme}:row:public.docs:1")
+        .arg("body")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(body.len(), 8002, "the mirror keeps the JSON string");
+    let (status, _, stderr) = walcast.interrupt();
+    assert!(status.success(), "{stderr}");
+}

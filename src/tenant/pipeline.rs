@@ -40,6 +40,19 @@ struct Unflushed {
     last_event: Option<EventId>,
 }
 
+impl Unflushed {
+    /// Nothing handed over yet beyond what `progress` says is committed.
+    fn after(progress: &Progress) -> Unflushed {
+        Unflushed {
+            last_commit: progress.last_commit,
+            end: progress.confirmed_end,
+            txns: 0,
+            since: std::time::Instant::now(),
+            last_event: progress.committed_event,
+        }
+    }
+}
+
 /// How a tenant's pipeline runs.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
@@ -291,15 +304,11 @@ pub(super) async fn run_session(
                     &mut progress.last_written,
                 )
                 .await?;
-                if !transactional {
+                if !transactional && applier.in_transaction().is_none() {
                     // Committed when the stream pauses, like a transaction.
-                    unflushed.get_or_insert_with(|| Unflushed {
-                        last_commit: progress.last_commit,
-                        end: progress.confirmed_end,
-                        txns: 0,
-                        since: std::time::Instant::now(),
-                        last_event: progress.committed_event,
-                    });
+                    unflushed
+                        .get_or_insert_with(|| Unflushed::after(progress))
+                        .last_event = progress.last_written;
                 }
             }
             ReplicationEvent::Commit { lsn, end_lsn, .. } => {
@@ -319,13 +328,7 @@ pub(super) async fn run_session(
                     tenant: tenant_name(),
                     source,
                 })?;
-                let u = unflushed.get_or_insert_with(|| Unflushed {
-                    last_commit: progress.last_commit,
-                    end: progress.confirmed_end,
-                    txns: 0,
-                    since: std::time::Instant::now(),
-                    last_event: progress.committed_event,
-                });
+                let u = unflushed.get_or_insert_with(|| Unflushed::after(progress));
                 u.last_commit = Lsn::from(lsn);
                 u.end = u.end.max(end);
                 u.txns += 1;
