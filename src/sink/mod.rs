@@ -26,6 +26,8 @@ pub enum SinkError {
     Io(#[source] std::io::Error),
     #[error("redis refused the write")]
     Redis(#[source] ::redis::RedisError),
+    #[error("could not connect to redis")]
+    Connect(#[source] ::redis::RedisError),
     /// Redis lost the tenant's data (restart without persistence, FLUSHALL):
     /// the tenant must be snapshotted again.
     #[error("redis lost this tenant's data (its epoch marker is gone); re-snapshotting")]

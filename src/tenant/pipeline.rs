@@ -125,7 +125,10 @@ impl PipelineError {
             | PipelineError::Apply { .. }
             | PipelineError::StreamEnded { .. } => true,
             PipelineError::Sink { source, .. } => {
-                matches!(source, SinkError::Lost | SinkError::Redis(_))
+                matches!(
+                    source,
+                    SinkError::Lost | SinkError::Redis(_) | SinkError::Connect(_)
+                )
             }
             PipelineError::Snapshot { .. } => true,
         }

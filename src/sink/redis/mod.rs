@@ -36,14 +36,14 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// Connects to Redis (with the configured timeouts) and checks it answers.
 pub async fn connect(config: &RedisConfig) -> Result<ConnectionManager, SinkError> {
-    let client = redis::Client::open(config.url.as_str()).map_err(SinkError::redis)?;
+    let client = redis::Client::open(config.url.as_str()).map_err(SinkError::Connect)?;
     let manager_config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.command_timeout))
         .set_number_of_retries(1);
     ConnectionManager::new_with_config(client, manager_config)
         .await
-        .map_err(SinkError::redis)
+        .map_err(SinkError::Connect)
 }
 
 /// Sortable form of an event id for the script's string comparison.
