@@ -96,7 +96,8 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
             _ => {
                 let ring: Arc<dyn EventSink> =
                     Arc::new(MemoryRing::new(crate::sink::memory::DEFAULT_RING_EVENTS));
-                let tee: Arc<dyn EventSink> = Arc::new(TeeSink(vec![Arc::clone(&stdout), ring]));
+                let tee: Arc<dyn EventSink> =
+                    Arc::new(TeeSink::new(vec![Arc::clone(&stdout), ring]));
                 (tee, PipelineOptions::default())
             }
         };

@@ -111,14 +111,43 @@ impl EventSink for MemoryRing {
     }
 }
 
-/// Writes to several sinks in order (for example standard output and the ring).
-pub struct TeeSink(pub Vec<Arc<dyn EventSink>>);
+/// Writes to several sinks in order (for example standard output and the
+/// ring). After a reconnect the pipeline hands a cut-off transaction over
+/// again in full; sinks that already wrote its first part for good (standard
+/// output) do not get that part twice.
+pub struct TeeSink {
+    sinks: Vec<Arc<dyn EventSink>>,
+    /// The last event given to the sinks that keep uncommitted events.
+    kept_up_to: Mutex<Option<EventId>>,
+}
+
+impl TeeSink {
+    pub fn new(sinks: Vec<Arc<dyn EventSink>>) -> TeeSink {
+        TeeSink {
+            sinks,
+            kept_up_to: Mutex::new(None),
+        }
+    }
+}
 
 impl EventSink for TeeSink {
     fn write<'a>(&'a self, events: &'a [ChangeEvent]) -> SinkFuture<'a> {
         Box::pin(async move {
-            for sink in &self.0 {
-                sink.write(events).await?;
+            let kept_up_to = *self.kept_up_to.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh_from = events.partition_point(|e| kept_up_to.is_some_and(|k| e.id <= k));
+            for sink in &self.sinks {
+                let events = if sink.keeps_uncommitted() {
+                    &events[fresh_from..]
+                } else {
+                    events
+                };
+                if !events.is_empty() {
+                    sink.write(events).await?;
+                }
+            }
+            if let Some(last) = events.last() {
+                let mut kept = self.kept_up_to.lock().unwrap_or_else(|p| p.into_inner());
+                *kept = (*kept).max(Some(last.id));
             }
             Ok(())
         })
@@ -126,7 +155,7 @@ impl EventSink for TeeSink {
 
     fn commit(&self, end_lsn: Option<Lsn>) -> SinkFuture<'_> {
         Box::pin(async move {
-            for sink in &self.0 {
+            for sink in &self.sinks {
                 sink.commit(end_lsn).await?;
             }
             Ok(())
@@ -135,7 +164,7 @@ impl EventSink for TeeSink {
 
     fn reset(&self) -> SinkFuture<'_> {
         Box::pin(async move {
-            for sink in &self.0 {
+            for sink in &self.sinks {
                 sink.reset().await?;
             }
             Ok(())
@@ -195,6 +224,41 @@ mod tests {
         ring.write(&[event(30, 0)]).await.unwrap();
         ring.reset().await.unwrap();
         assert_eq!(ring.last_id().unwrap().to_string(), "20-0");
+    }
+
+    #[tokio::test]
+    async fn tee_gives_a_replayed_part_only_to_sinks_that_dropped_it() {
+        let ring = Arc::new(MemoryRing::new(10));
+        let printed = Arc::new(Printed::default());
+        let tee = TeeSink::new(vec![printed.clone(), ring.clone()]);
+        tee.write(&[event(5, 0), event(5, 1)]).await.unwrap();
+        tee.reset().await.unwrap(); // the session ended inside the transaction
+        tee.write(&[event(5, 0), event(5, 1), event(5, 2)])
+            .await
+            .unwrap();
+        tee.commit(None).await.unwrap();
+        assert_eq!(ids(ring.since(None)), ["5-0", "5-1", "5-2"]);
+        assert_eq!(*printed.0.lock().unwrap(), ["5-0", "5-1", "5-2"]);
+    }
+
+    /// A sink that, like standard output, keeps what it was given.
+    #[derive(Default)]
+    struct Printed(Mutex<Vec<String>>);
+
+    impl EventSink for Printed {
+        fn write<'a>(&'a self, events: &'a [ChangeEvent]) -> SinkFuture<'a> {
+            self.0
+                .lock()
+                .unwrap()
+                .extend(events.iter().map(|e| e.id.to_string()));
+            Box::pin(async { Ok(()) })
+        }
+        fn commit(&self, _: Option<Lsn>) -> SinkFuture<'_> {
+            Box::pin(async { Ok(()) })
+        }
+        fn keeps_uncommitted(&self) -> bool {
+            true
+        }
     }
 
     #[tokio::test]
