@@ -694,8 +694,9 @@ mod tests {
     #[test]
     fn example_config_is_valid() {
         let text = include_str!("../../config.example.toml");
+        // Long enough for an HS256 secret, too.
         let config = parse(Path::new("config.example.toml"), text, &|_| {
-            Some("pw".into())
+            Some("pw-0123456789-0123456789-0123456789".into())
         })
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(!config.tenants.is_empty());
