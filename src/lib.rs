@@ -20,12 +20,15 @@
 //! - `model`: plain data (`Lsn`, `EventId`, `ChangeEvent`);
 //! - `sink`: where events go (standard output for now);
 //! - `tenant`: the per-tenant supervisor with back-off;
+//! - `auth`: who may read what: JWT → `Principal`, per-role table rules and
+//!   row filters bound to claims (pure; used by the HTTP layer);
 //! - `app`, `commands`, `demo`: wiring of `run`/`tail`, `check`/`setup`, and `demo`;
 //! - `metrics`: metric names and descriptions;
 //! - `localdev`: throwaway local Postgres clusters and redis-servers (tests).
 
 pub mod app;
 pub mod apply;
+pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;

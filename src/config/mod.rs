@@ -5,6 +5,7 @@
 //! what is wrong and what to write instead. Never touches the network and
 //! never prints secrets.
 
+mod auth;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Without it: no mirror, events only in memory and on standard output.
     pub redis: Option<RedisConfig>,
+    /// Token keys, claims and access rules; without `[auth]` every request is refused.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Config {
@@ -71,6 +74,8 @@ pub(crate) struct RawConfig {
     /// Mirror rules shared by every tenant that streams the table.
     #[serde(default)]
     pub mirror: Vec<RawMirror>,
+    #[serde(default)]
+    pub auth: Option<Spanned<auth::RawAuth>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +124,9 @@ pub(crate) struct RawTenant {
     pub mirror: Vec<RawMirror>,
     #[serde(default)]
     pub binary: bool,
+    /// HS256 secret for this tenant's tokens (replaces `[auth] secret`).
+    #[serde(default)]
+    pub jwt_secret: Option<Spanned<String>>,
 }
 
 /// Reads and validates the configuration file.

@@ -1,6 +1,6 @@
 //! Raw configuration → validated newtypes, each error pointing at the value.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -253,7 +253,8 @@ pub(super) fn validate(
     let mut tenants = Vec::with_capacity(raw.tenants.len());
     let mut seen_ids = HashSet::new();
     let mut seen_slots = HashSet::new();
-    for raw in raw.tenants {
+    let mut tenant_secrets = BTreeMap::new();
+    for raw in &raw.tenants {
         let id = TenantId::parse(raw.id.get_ref()).map_err(|m| at(raw.id.span(), m))?;
         if !seen_ids.insert(id.clone()) {
             return Err(at(
@@ -314,6 +315,10 @@ pub(super) fn validate(
             }
             mirror.push(parsed);
         }
+        if let Some(secret) = &raw.jwt_secret {
+            let secret = super::auth::secret_from(secret, env).map_err(|(s, m)| at(s, m))?;
+            tenant_secrets.insert(id.as_str().to_owned(), secret);
+        }
         tenants.push(TenantConfig {
             id,
             pg,
@@ -373,15 +378,18 @@ pub(super) fn validate(
         Some(v) => Duration::from_secs(*v.get_ref()),
         None => Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
     };
+    let auth = super::auth::auth_config(path, raw.auth.as_ref(), tenant_secrets, &tenants, env)
+        .map_err(|(s, m)| at(s, m))?;
     Ok(Config {
         path: path.to_owned(),
         tenants,
         shutdown_timeout,
         redis,
+        auth,
     })
 }
 
-type SpanError = (std::ops::Range<usize>, String);
+pub(super) type SpanError = (std::ops::Range<usize>, String);
 
 fn redis_config(
     raw: &RawRedis,
@@ -541,7 +549,10 @@ fn name_or_default(
 }
 
 /// Replaces `${VAR}` with the variable's value; `$$` is a literal `$`.
-fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub(super) fn interpolate(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find('$') {
@@ -625,7 +636,7 @@ fn parse_url(url: &str) -> Result<PgConnInfo, String> {
 
 /// `schema.table` or `table` (schema `public`), plain identifiers as Postgres
 /// folds them; quote mixed-case names: `"MySchema"."MyTable"`.
-fn parse_table(text: &str) -> Result<TableName, String> {
+pub(super) fn parse_table(text: &str) -> Result<TableName, String> {
     let err = || {
         format!("table {text:?} is not valid: write schema.table, like \"public.tasks\" (quote mixed-case names: '\"MySchema\".\"MyTable\"')")
     };
@@ -683,8 +694,9 @@ mod tests {
     #[test]
     fn example_config_is_valid() {
         let text = include_str!("../../config.example.toml");
+        // Long enough for an HS256 secret, too.
         let config = parse(Path::new("config.example.toml"), text, &|_| {
-            Some("pw".into())
+            Some("pw-0123456789-0123456789-0123456789".into())
         })
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(!config.tenants.is_empty());
