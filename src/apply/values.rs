@@ -74,7 +74,10 @@ pub fn text_to_datum(type_oid: u32, text: &str) -> Datum {
             Ok(f) if f.is_finite() => Datum::Float(f),
             _ => Datum::Text(text.to_owned()),
         },
-        JSON | JSONB => Datum::Json(text.to_owned()),
+        // Postgres only sends valid JSON here, but bytes that are not (a
+        // corrupted stream; found by fuzzing) would break the event's own
+        // JSON: keep those as text.
+        JSON | JSONB if is_json(text) => Datum::Json(text.to_owned()),
         TIMESTAMP => Datum::Text(iso_timestamp(text, false)),
         TIMESTAMPTZ => Datum::Text(iso_timestamp(text, true)),
         // numeric stays text so that no digit is lost (docs/types.md).
@@ -85,6 +88,11 @@ pub fn text_to_datum(type_oid: u32, text: &str) -> Datum {
             None => Datum::Text(text.to_owned()),
         },
     }
+}
+
+/// Whether `text` is one well-formed JSON value.
+fn is_json(text: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }
 
 /// `2026-11-28 03:14:02.123456+00` (DateStyle ISO, TimeZone UTC) to
