@@ -125,9 +125,11 @@ fn iso_timestamp(text: &str, with_zone: bool) -> String {
 /// an optional `[1:2]=` bounds prefix) into nested arrays of typed elements.
 /// `None` when the text is not a well-formed array literal.
 fn parse_array(text: &str, element: u32) -> Option<Datum> {
-    let body = match text.find("={") {
-        Some(eq) if text.starts_with('[') => &text[eq + 1..],
-        _ => text,
+    // Only a literal with explicit bounds starts with '[': search for "={"
+    // in those alone (the search showed in profiles of plain arrays).
+    let body = match text.starts_with('[').then(|| text.find("={")).flatten() {
+        Some(eq) => &text[eq + 1..],
+        None => text,
     };
     let mut parser = ArrayParser {
         bytes: body.as_bytes(),
