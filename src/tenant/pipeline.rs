@@ -11,10 +11,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, TenantState};
-use crate::apply::{Applier, ApplyError};
+use crate::apply::{Applier, ApplyError, TxnInfo};
 use crate::config::TenantConfig;
 use crate::decode::{decode, DecodeError, PgOutputMessage};
-use crate::model::{ChangeEvent, Lsn, TableName};
+use crate::model::{ChangeEvent, EventId, Lsn, TableName};
 use crate::sink::{EventSink, SinkError};
 use crate::source::{self, ReplicationSession, SlotKind, SourceError};
 
@@ -97,6 +97,24 @@ pub(super) struct Progress {
     last_commit: Lsn,
     /// End LSN of that transaction: where the next session starts.
     confirmed_end: Lsn,
+    /// The transaction in hand and how many of its events the sink has
+    /// taken. A session that ends inside a transaction (bad bytes, a network
+    /// error) gets it again whole from Postgres; event numbering is
+    /// deterministic, so the next session drops the events already written
+    /// instead of writing them twice.
+    partial: Option<(Lsn, u32)>,
+}
+
+impl Progress {
+    /// The sink took every event of the transaction in hand numbered so far.
+    fn written(&mut self, txn: Option<&TxnInfo>) {
+        self.partial = txn.map(|txn| (txn.commit_lsn, txn.event_count));
+    }
+
+    /// Whether an earlier session already handed this event to the sink.
+    fn already_written(&self, id: &EventId) -> bool {
+        matches!(self.partial, Some((lsn, count)) if id.commit_lsn == lsn && id.index < count)
+    }
 }
 
 pub(super) async fn run_session(
@@ -167,7 +185,8 @@ pub(super) async fn run_session(
                         tenant: tenant_name(),
                         source,
                     })?;
-                write(sink, options, &mut events, tenant).await?;
+                write(sink, options, &mut events, tenant, progress).await?;
+                progress.written(applier.in_transaction());
             }
             ReplicationEvent::Message {
                 transactional,
@@ -180,7 +199,10 @@ pub(super) async fn run_session(
                     continue;
                 }
                 events.push(applier.message(transactional, lsn, prefix, content));
-                write(sink, options, &mut events, tenant).await?;
+                write(sink, options, &mut events, tenant, progress).await?;
+                if transactional {
+                    progress.written(applier.in_transaction());
+                }
                 if !transactional {
                     commit_sink(sink, tenant).await?;
                 }
@@ -195,6 +217,7 @@ pub(super) async fn run_session(
                     })?;
                     commit_sink(sink, tenant).await?;
                     progress.last_commit = Lsn::from(lsn);
+                    progress.partial = None;
                 }
                 progress.confirmed_end = progress.confirmed_end.max(Lsn::from(end_lsn));
                 session.confirm(progress.confirmed_end);
@@ -239,7 +262,9 @@ async fn write(
     options: &PipelineOptions,
     events: &mut Vec<ChangeEvent>,
     tenant: &TenantConfig,
+    progress: &Progress,
 ) -> Result<(), PipelineError> {
+    events.retain(|e| !progress.already_written(&e.id));
     if let Some(tables) = &options.tables {
         events.retain(|e| e.table().is_some_and(|t| tables.contains(t)));
     }
@@ -301,5 +326,32 @@ mod tests {
         };
         assert!(unknown.is_transient());
         assert!(error_chain(&unknown).ends_with("unknown pgoutput message tag 0x5a at byte 0"));
+    }
+
+    /// A session cut inside a transaction: when Postgres sends it again, the
+    /// events the sink already has are dropped by id, the rest pass.
+    #[test]
+    fn a_replayed_partial_transaction_writes_each_event_once() {
+        let mut applier = Applier::new("acme".into());
+        let mut progress = Progress::default();
+        let id = |commit: u64, index| EventId {
+            commit_lsn: Lsn(commit),
+            index,
+        };
+        applier.begin(Lsn(100), 7, 0);
+        for _ in 0..3 {
+            applier.message(true, Lsn(90), "p".into(), Bytes::new());
+        }
+        progress.written(applier.in_transaction());
+        // The session ends here; the next one gets transaction 100 again.
+        assert!(progress.already_written(&id(100, 0)));
+        assert!(progress.already_written(&id(100, 2)));
+        assert!(!progress.already_written(&id(100, 3)));
+        assert!(!progress.already_written(&id(200, 0)));
+        // A non-transactional message in between is its own id.
+        assert!(!progress.already_written(&id(95, 0)));
+        applier.commit().unwrap();
+        progress.written(applier.in_transaction());
+        assert!(!progress.already_written(&id(100, 0)));
     }
 }
