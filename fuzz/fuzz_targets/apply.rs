@@ -3,7 +3,7 @@
 //! text. Input framing: repeated `[u16 big-endian length][message]`; the first
 //! message should be a Relation (the seeds start with one), which the applier
 //! caches before a transaction is opened for the rest. Every event produced
-//! must encode to valid JSON.
+//! must encode to valid JSON (RFC 8259 syntax).
 #![no_main]
 
 use std::sync::Arc;
@@ -35,7 +35,9 @@ fuzz_target!(|data: &[u8]| {
             first = false;
         }
         for event in events.drain(..) {
-            if let Err(err) = serde_json::from_slice::<serde_json::Value>(event.encoded()) {
+            // Syntax, not serde_json::Value: a jsonb number beyond f64 (1e400)
+            // is valid JSON that Postgres sends and Value refuses.
+            if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(event.encoded()) {
                 panic!(
                     "event is not valid JSON ({err}): {}",
                     String::from_utf8_lossy(event.encoded())
