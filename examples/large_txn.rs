@@ -82,6 +82,15 @@ fn main() {
         .recv_timeout(Duration::from_secs(60))
         .expect("walcast tail did not start streaming");
     let idle_hwm = vm_hwm_kib(pid);
+    // The wal sender serving walcast: its CPU time says which side limits
+    // the end-to-end rate.
+    let walsender: u32 = pg
+        .psql("postgres", "select pid from pg_stat_replication")
+        .expect("pg_stat_replication")
+        .trim()
+        .parse()
+        .expect("one wal sender");
+    let cpu_before = (cpu_seconds(pid), cpu_seconds(walsender));
 
     // Count event lines (and bytes) as a consumer would read them.
     let stdout = BufReader::with_capacity(1 << 20, tail.stdout.take().unwrap());
@@ -118,6 +127,8 @@ fn main() {
         .recv_timeout(Duration::from_secs(1800))
         .expect("walcast did not print every event in time");
     let peak_hwm = vm_hwm_kib(pid);
+    let walcast_cpu = cpu_seconds(pid) - cpu_before.0;
+    let walsender_cpu = cpu_seconds(walsender) - cpu_before.1;
 
     let _ = Command::new("kill")
         .args(["-INT", &pid.to_string()])
@@ -145,8 +156,24 @@ fn main() {
         (last - first).as_secs_f64(),
         lines as f64 / (last - first).as_secs_f64().max(1e-9)
     );
+    println!(
+        "CPU during the run        walcast {walcast_cpu:.2} s ({:.1} µs/event), Postgres wal sender {walsender_cpu:.2} s",
+        walcast_cpu * 1e6 / lines.max(1) as f64
+    );
     println!("walcast VmHWM when idle  {} KiB", idle_hwm);
     println!("walcast VmHWM at the end {} KiB", peak_hwm);
+}
+
+/// User + system CPU time of a process so far, from /proc/<pid>/stat
+/// (fields 14 and 15, in clock ticks of 1/100 s on Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // The command name (field 2) may hold spaces: count from after its ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat format") + 2..]
+        .split(' ')
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
 }
 
 /// Peak resident set size of a process so far, from /proc/<pid>/status.
