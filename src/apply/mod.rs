@@ -5,6 +5,8 @@
 //! every event gets its final id as soon as it is decoded). Pure: no sockets,
 //! no Redis, no subscribers.
 
+#[cfg(test)]
+mod fuzz_regressions;
 mod relations;
 mod txn;
 mod values;

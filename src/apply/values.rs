@@ -444,7 +444,10 @@ fn scalar_text(oid: u32, text: &str) -> Datum {
             Ok(f) if f.is_finite() => Datum::Float(f),
             _ => Datum::Text(text.to_owned()),
         },
-        JSON | JSONB => Datum::Json(text.to_owned()),
+        // Postgres only sends valid JSON here, but bytes that are not (a
+        // corrupted stream; found by fuzzing) would break the event's own
+        // JSON: keep those as text.
+        JSON | JSONB if is_json(text) => Datum::Json(text.to_owned()),
         DATE => Datum::Text(iso_datetime(text, DateTime::Date)),
         TIMESTAMP => Datum::Text(iso_datetime(text, DateTime::Timestamp)),
         TIMESTAMPTZ => Datum::Text(iso_datetime(text, DateTime::TimestampTz)),
@@ -452,6 +455,20 @@ fn scalar_text(oid: u32, text: &str) -> Datum {
         // its text form (docs/events.md).
         _ => Datum::Text(text.to_owned()),
     }
+}
+
+/// JSON text embedded as JSON when it is well-formed, else kept as a string.
+fn json_datum(text: String) -> Datum {
+    if is_json(&text) {
+        Datum::Json(text)
+    } else {
+        Datum::Text(text)
+    }
+}
+
+/// Whether `text` is one well-formed JSON value.
+fn is_json(text: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -526,9 +543,11 @@ fn push_year(out: &mut String, year: i64) {
 /// of elements converted by `element`. `None` when the text is not a
 /// well-formed array literal.
 fn parse_array(text: &str, delimiter: u8, element: &dyn Fn(&str) -> Datum) -> Option<Datum> {
-    let body = match text.find("={") {
-        Some(eq) if text.starts_with('[') => &text[eq + 1..],
-        _ => text,
+    // Only a literal with explicit bounds starts with '[': search for "={"
+    // in those alone (the search showed in profiles of plain arrays).
+    let body = match text.starts_with('[').then(|| text.find("={")).flatten() {
+        Some(eq) => &text[eq + 1..],
+        None => text,
     };
     let mut parser = ArrayParser {
         bytes: body.as_bytes(),
@@ -807,10 +826,11 @@ fn binary_scalar(oid: u32, b: &[u8]) -> Option<Datum> {
         FLOAT8 => float_datum(f64::from_be_bytes(b.try_into().ok()?).to_string()),
         NUMERIC => Datum::Text(numeric_text(b)?),
         TEXT | VARCHAR | BPCHAR | NAME | XML => Datum::Text(text(b)?),
-        JSON => Datum::Json(text(b)?),
+        // Only valid JSON is embedded (see the text path).
+        JSON => json_datum(text(b)?),
         // jsonb_send: a version byte (1), then the text jsonb_out prints.
         JSONB => match b.split_first() {
-            Some((1, rest)) => Datum::Json(text(rest)?),
+            Some((1, rest)) => json_datum(text(rest)?),
             _ => return None,
         },
         UUID => {

@@ -109,7 +109,7 @@ pub struct OldTuple {
 pub enum DecodeError {
     #[error("empty pgoutput message")]
     Empty,
-    #[error("unknown pgoutput message tag {tag:#04x}")]
+    #[error("unknown pgoutput message tag {tag:#04x} at byte 0")]
     UnknownTag { tag: u8 },
     #[error(
         "truncated {message} message at byte {offset}: needed {needed} bytes, {available} left"

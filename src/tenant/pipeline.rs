@@ -520,3 +520,38 @@ fn slot_name<'a>(tenant: &'a TenantConfig, slot: &'a SlotKind) -> &'a str {
         SlotKind::Temporary(name) => name,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::tenant::error_chain;
+
+    /// Bad bytes end the session with an error that says which message and
+    /// byte, and that `run_tenant` retries (transient, not fatal): the next
+    /// session starts from `Progress::confirmed_end`, the last acknowledged
+    /// position, and Postgres sends everything after it again.
+    #[test]
+    fn malformed_pgoutput_is_transient_and_names_message_and_offset() {
+        // An Insert whose 5-byte text value is cut after 2 bytes.
+        let bad = Bytes::from_static(b"I\0\0\x40\0N\0\x01t\0\0\0\x05ab");
+        let err = PipelineError::Decode {
+            tenant: "acme".into(),
+            source: decode(&bad).unwrap_err(),
+        };
+        assert!(err.is_transient());
+        assert!(!err.is_fatal());
+        assert_eq!(
+            error_chain(&err),
+            "tenant acme: bad pgoutput data, reconnecting from the last confirmed position: \
+             truncated Insert message at byte 13: needed 5 bytes, 2 left"
+        );
+        let unknown = PipelineError::Decode {
+            tenant: "acme".into(),
+            source: decode(&Bytes::from_static(b"Zxyz")).unwrap_err(),
+        };
+        assert!(unknown.is_transient());
+        assert!(error_chain(&unknown).ends_with("unknown pgoutput message tag 0x5a at byte 0"));
+    }
+}
