@@ -80,6 +80,8 @@ measure() { # $1: workload name, $2: number of changes
     # walcast: until Redis's applied watermark reaches the same WAL end.
     local target
     target=$(python3 -c "h,l='$end'.split('/');print((int(h,16)<<32)+int(l,16))")
+    local redis_cpu0 redis_cpu1
+    redis_cpu0=$(redis-cli -p "$RPORT" info cpu | awk -F: '/^used_cpu_(sys|user):/ {t += $2} END {print t}')
     t0=$(date +%s.%N)
     "$WALCAST" --config "$WORK/walcast.toml" run >>"$WORK/walcast.log" 2>&1 &
     WALCAST_PID=$!
@@ -90,6 +92,7 @@ measure() { # $1: workload name, $2: number of changes
     done
     t1=$(date +%s.%N)
     walcast_s=$(echo "$t1 - $t0" | bc -l)
+    redis_cpu1=$(redis-cli -p "$RPORT" info cpu | awk -F: '/^used_cpu_(sys|user):/ {t += $2} END {print t}')
     local stat hwm cpu
     hwm=$(awk '/VmHWM/ {print $2}' "/proc/$WALCAST_PID/status")
     stat=($(cut -d' ' -f14,15 "/proc/$WALCAST_PID/stat"))
@@ -99,6 +102,7 @@ measure() { # $1: workload name, $2: number of changes
     printf '  pg_recvlogical to /dev/null: %.2f s (%.0f changes/s)\n' "$recv_s" "$(echo "$changes / $recv_s" | bc -l)"
     printf '  walcast into redis:          %.2f s (%.0f changes/s), cpu %.2f s, peak rss %d MiB\n' \
         "$walcast_s" "$(echo "$changes / $walcast_s" | bc -l)" "$cpu" "$((hwm / 1024))"
+    printf '  redis-server cpu meanwhile:   %.2f s\n' "$(echo "$redis_cpu1 - $redis_cpu0" | bc -l)"
     printf '  ratio walcast / pg_recvlogical: %.2f (target <= 1.25)\n' "$(echo "$walcast_s / $recv_s" | bc -l)"
 }
 

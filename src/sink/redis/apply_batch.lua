@@ -13,6 +13,7 @@
 --   event JSON, commit unix time, op count, ops...
 -- Ops:
 --   R key rows_set rowidx idxsets ttl format n_idx idx... payload
+--       (N: the same for a row that cannot exist yet, skipping the clean-up)
 --       (format h: n_fields field value ...; format j: json)
 --   D key rows_set rowidx
 --   T rows_set idxsets
@@ -28,6 +29,8 @@ local last_event = nil
 local row_prefix, rowidx_prefix = ARGV[5], ARGV[6]
 local i = 8
 local applied = 0
+-- Index sets already recorded in their table's idxsets during this call.
+local registered = {}
 
 local function drop_memberships(key, rowidx)
   local sets = redis.call('SMEMBERS', rowidx)
@@ -42,13 +45,15 @@ for _ = 1, tonumber(ARGV[7]) do
   local fresh = sortable == '' or sortable > last
   for _ = 1, nops do
     local kind = ARGV[i]
-    if kind == 'R' then
+    if kind == 'R' or kind == 'N' then
       local key, rows, rowidx, idxsets, ttl, format, nidx =
         ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6], tonumber(ARGV[i + 7])
       i = i + 8
       local idx_first = i
       i = i + nidx
-      if fresh then
+      -- 'N': a row that cannot exist yet (an INSERT by the replica identity,
+      -- a snapshot row after the clear): nothing to clean up first.
+      if fresh and kind == 'R' then
         drop_memberships(key, rowidx)
         redis.call('DEL', key)
       end
@@ -67,7 +72,10 @@ for _ = 1, tonumber(ARGV[7]) do
         for k = idx_first, idx_first + nidx - 1 do
           redis.call('SADD', ARGV[k], key)
           redis.call('SADD', rowidx, ARGV[k])
-          redis.call('SADD', idxsets, ARGV[k])
+          if not registered[ARGV[k]] then
+            redis.call('SADD', idxsets, ARGV[k])
+            registered[ARGV[k]] = true
+          end
         end
         if ttl > 0 then redis.call('EXPIRE', key, ttl) end
       end

@@ -191,7 +191,8 @@ impl RedisSink {
                 stream_id: String::new(),
                 json: Vec::new(),
                 commit_time: 0,
-                ops: vec![self.put_op(rule, table, &key, row, "snapshot", true)],
+                // The mirror was cleared before the snapshot: every row is new.
+                ops: vec![self.put_op(rule, table, &key, row, "snapshot", true, true)],
             });
         }
         self.run_script(&entries, None, "").await.map(|_| ())
@@ -325,6 +326,7 @@ impl RedisSink {
         row: &RowImage,
         event_id: &str,
         hot: bool,
+        new_row: bool,
     ) -> Op_ {
         let index: Vec<String> = if hot {
             rule.index
@@ -347,6 +349,7 @@ impl RedisSink {
             MirrorFormat::Json => Payload::Json(row_json(row, &[("_event_id", event_id)])),
         };
         Op_::Put {
+            new_row,
             key: self.keys.row(table, key),
             rows: self.keys.rows(table),
             rowidx: self.keys.rowidx(table, key),
@@ -528,6 +531,9 @@ impl RedisSink {
                                     row,
                                     &event.id.to_string(),
                                     hot,
+                                    // An INSERT keyed by the replica identity
+                                    // cannot find an older version.
+                                    event.op == Op::Insert && rule.key.is_none(),
                                 ));
                             } else {
                                 ops.push(self.delete_op(table, &key));
@@ -689,6 +695,8 @@ enum Payload {
 #[allow(non_camel_case_types)]
 enum Op_ {
     Put {
+        /// The row cannot exist yet: no clean-up of an older version.
+        new_row: bool,
         key: String,
         rows: String,
         rowidx: String,
@@ -718,6 +726,7 @@ impl Entry {
         for op in &self.ops {
             match op {
                 Op_::Put {
+                    new_row,
                     key,
                     rows,
                     rowidx,
@@ -726,7 +735,7 @@ impl Entry {
                     index,
                     payload,
                 } => {
-                    inv.arg("R")
+                    inv.arg(if *new_row { "N" } else { "R" })
                         .arg(key)
                         .arg(rows)
                         .arg(rowidx)
