@@ -318,6 +318,7 @@ impl RedisSink {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn put_op(
         &self,
         rule: &MirrorRule,
