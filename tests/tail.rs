@@ -142,3 +142,35 @@ fn temporary_slot_leaves_nothing_behind() {
         "0"
     );
 }
+
+#[test]
+fn an_idle_slot_does_not_pin_wal() {
+    // Keepalives every second (wal_sender_timeout / 2).
+    let db = TenantDb::start_with(PostgresOptions {
+        settings: vec![("wal_sender_timeout".into(), "2s".into())],
+        ..PostgresOptions::default()
+    });
+    db.sql("create table other (id int primary key, body text)");
+    let dir = TempDir::new("tail-idle");
+    let config = config_for(&db, &dir, "\"public.tasks\"");
+    let tail = Walcast::spawn(&config, &["tail", "--tenant", "acme"]);
+    tail.wait_log("streaming", 1);
+    // Only a table walcast does not stream changes: nothing to print, but
+    // the slot's confirmed position must follow the WAL.
+    db.sql("insert into other select g, repeat('x', 1000) from generate_series(1, 20000) g");
+    let written = db.sql("select pg_current_wal_lsn()");
+    wait_until(
+        "the idle slot to confirm past the other table's WAL",
+        || {
+            db.sql(&format!(
+            "select confirmed_flush_lsn >= '{}'::pg_lsn from pg_replication_slots where slot_name = 'walcast_acme'",
+            written.trim()
+        ))
+        .trim()
+            == "t"
+        },
+    );
+    tail.no_more_events(Duration::from_millis(200));
+    let (status, _, _) = tail.interrupt();
+    assert!(status.success());
+}

@@ -340,7 +340,19 @@ pub(super) async fn run_session(
                     flush(sink, tenant, &mut unflushed, progress, &mut session).await?;
                 }
             }
-            ReplicationEvent::KeepAlive { .. } | ReplicationEvent::StoppedAt { .. } => {}
+            // Idle: the walsender has decoded everything up to `wal_end` and
+            // sent every transaction that committed before it (a keepalive
+            // carries the position it has sent up to). With nothing in
+            // flight here, confirming it lets the server recycle WAL that
+            // only other tables' changes wrote; otherwise an idle tenant's
+            // slot would pin WAL forever.
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                if applier.in_transaction().is_none() && !skipping && unflushed.is_none() {
+                    progress.confirmed_end = progress.confirmed_end.max(Lsn::from(wal_end));
+                    session.confirm(progress.confirmed_end);
+                }
+            }
+            ReplicationEvent::StoppedAt { .. } => {}
         }
     }
     tracing::info!(tenant = %tenant.id, confirmed = %progress.confirmed_end, "stopping: closing the replication stream");
