@@ -5,8 +5,8 @@
 //!
 //! ```text
 //!  tenant Postgres ──pgoutput slot──▶ source ──▶ decode ──▶ apply ──▶ sink ──▶ confirm(end_lsn)
-//!   (regular conn: setup, checks,   (pgwire-     (pure,     (typed     (stdout now;
-//!    catalog look-ups of types)      replication) no I/O)    JSON)     Redis, hub later)
+//!   (regular conn: setup, checks,   (pgwire-     (pure,     (typed     (Redis mirror + stream,
+//!    catalog look-ups, snapshot)     replication) no I/O)    JSON)      or stdout + memory ring)
 //! ```
 //!
 //! One task per tenant (`tenant`) runs source → decode → apply → sink; decode
@@ -18,11 +18,14 @@
 //! - `decode`: pgoutput bytes → messages;
 //! - `apply`: messages → numbered, typed `ChangeEvent`s, encoded once;
 //! - `model`: plain data (`Lsn`, `EventId`, `ChangeEvent`);
-//! - `sink`: where events go (standard output for now);
-//! - `tenant`: the per-tenant supervisor with back-off;
+//! - `sink`: where events go: the Redis mirror, stream and watermark
+//!   (`sink::redis`), or standard output and an in-memory resume ring;
+//! - `filter`: PostgREST-style row filters (mirror `hot_when`, subscriptions);
+//! - `tenant`: the per-tenant supervisor with back-off, the pipeline with
+//!   group commit, and the initial snapshot;
 //! - `auth`: who may read what: JWT → `Principal`, per-role table rules and
 //!   row filters bound to claims (pure; used by the HTTP layer);
-//! - `app`, `commands`, `demo`: wiring of `run`/`tail`, `check`/`setup`, and `demo`;
+//! - `app`, `commands`, `demo`: wiring of `run`/`tail`, `check`/`setup`/`resync`, and `demo`;
 //! - `metrics`: metric names and descriptions;
 //! - `localdev`: throwaway local Postgres clusters and redis-servers (tests).
 
