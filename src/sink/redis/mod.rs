@@ -16,6 +16,7 @@ mod keys;
 pub use keys::{row_key, Keys};
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManager;
@@ -51,14 +52,95 @@ pub fn sortable_id(id: EventId) -> String {
     format!("{:020}-{:010}", id.commit_lsn.0, id.index)
 }
 
+/// What runs the batch script: shared with the task that writes a batch
+/// while the next one is being built.
+struct ScriptRunner {
+    tenant: TenantId,
+    keys: Keys,
+    conn: ConnectionManager,
+    config: RedisConfig,
+    script: Script,
+}
+
+impl ScriptRunner {
+    /// Runs the batch script, retrying while Redis is unreachable.
+    async fn run(
+        &self,
+        entries: &[Entry],
+        end_lsn: Option<Lsn>,
+        epoch: &str,
+    ) -> Result<u64, SinkError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let mut invocation = self.script.prepare_invoke();
+            invocation
+                .key(self.keys.applied())
+                .key(self.keys.events())
+                .key(self.keys.epoch())
+                .key(self.keys.stream_times())
+                .arg(epoch)
+                .arg(end_lsn.map(|l| l.0.to_string()).unwrap_or_default())
+                .arg(
+                    self.config
+                        .stream_max_len
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(
+                    self.config
+                        .stream_max_age
+                        .map(|age| now.saturating_sub(age.as_secs()).to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(self.keys.row_prefix())
+                .arg(self.keys.rowidx_prefix())
+                .arg(entries.len());
+            for entry in entries {
+                entry.push_args(&mut invocation);
+            }
+            let mut conn = self.conn.clone();
+            let started = std::time::Instant::now();
+            let result = invocation.invoke_async::<u64>(&mut conn).await;
+            if result.is_ok() {
+                metrics::histogram!(crate::metrics::REDIS_WRITE_SECONDS, crate::metrics::TENANT => self.tenant.to_string())
+                    .record(started.elapsed().as_secs_f64());
+            } else {
+                metrics::counter!(crate::metrics::REDIS_WRITE_ERRORS, crate::metrics::TENANT => self.tenant.to_string()).increment(1);
+            }
+            match result {
+                Ok(applied) => return Ok(applied),
+                Err(error) if error.to_string().contains("WALCAST_EPOCH") => {
+                    return Err(SinkError::Lost)
+                }
+                Err(error)
+                    if error.is_io_error()
+                        || error.is_timeout()
+                        || error.is_connection_dropped()
+                        || error.is_connection_refusal()
+                        || error.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading) =>
+                {
+                    tracing::warn!(tenant = %self.tenant, %error, retry_in_ms = delay.as_millis() as u64, "redis unavailable; replication waits until it is back");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
+                }
+                Err(error) => return Err(SinkError::redis(error)),
+            }
+        }
+    }
+}
+
 /// One tenant's Redis sink.
 pub struct RedisSink {
     tenant: TenantId,
     keys: Keys,
     conn: ConnectionManager,
-    config: RedisConfig,
     rules: HashMap<TableName, MirrorRule>,
-    script: Script,
+    runner: Arc<ScriptRunner>,
     state: Mutex<State>,
 }
 
@@ -67,6 +149,9 @@ struct State {
     buffer: Vec<ChangeEvent>,
     /// The epoch marker this process expects (set at start or by a snapshot).
     epoch: Option<String>,
+    /// The batch being written while the next one is built: at most one, so
+    /// batches reach Redis in order.
+    in_flight: Option<tokio::task::JoinHandle<Result<u64, SinkError>>>,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -77,17 +162,23 @@ impl std::fmt::Debug for RedisSink {
 
 impl RedisSink {
     pub fn new(tenant: &TenantConfig, config: &RedisConfig, conn: ConnectionManager) -> RedisSink {
+        let keys = Keys::new(&config.key_prefix, &tenant.id);
         RedisSink {
             tenant: tenant.id.clone(),
-            keys: Keys::new(&config.key_prefix, &tenant.id),
-            conn,
-            config: config.clone(),
+            keys: keys.clone(),
+            conn: conn.clone(),
             rules: tenant
                 .mirror
                 .iter()
                 .map(|r| (r.table.clone(), r.clone()))
                 .collect(),
-            script: Script::new(include_str!("apply_batch.lua")),
+            runner: Arc::new(ScriptRunner {
+                tenant: tenant.id.clone(),
+                keys,
+                conn,
+                config: config.clone(),
+                script: Script::new(include_str!("apply_batch.lua")),
+            }),
             state: Mutex::new(State::default()),
         }
     }
@@ -255,67 +346,7 @@ impl RedisSink {
         end_lsn: Option<Lsn>,
         epoch: &str,
     ) -> Result<u64, SinkError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        let mut delay = Duration::from_millis(200);
-        loop {
-            let mut invocation = self.script.prepare_invoke();
-            invocation
-                .key(self.keys.applied())
-                .key(self.keys.events())
-                .key(self.keys.epoch())
-                .key(self.keys.stream_times())
-                .arg(epoch)
-                .arg(end_lsn.map(|l| l.0.to_string()).unwrap_or_default())
-                .arg(
-                    self.config
-                        .stream_max_len
-                        .map(|n| n.to_string())
-                        .unwrap_or_default(),
-                )
-                .arg(
-                    self.config
-                        .stream_max_age
-                        .map(|age| now.saturating_sub(age.as_secs()).to_string())
-                        .unwrap_or_default(),
-                )
-                .arg(self.keys.row_prefix())
-                .arg(self.keys.rowidx_prefix())
-                .arg(entries.len());
-            for entry in entries {
-                entry.push_args(&mut invocation);
-            }
-            let mut conn = self.conn.clone();
-            let started = std::time::Instant::now();
-            let result = invocation.invoke_async::<u64>(&mut conn).await;
-            if result.is_ok() {
-                metrics::histogram!(crate::metrics::REDIS_WRITE_SECONDS, crate::metrics::TENANT => self.tenant.to_string())
-                    .record(started.elapsed().as_secs_f64());
-            } else {
-                metrics::counter!(crate::metrics::REDIS_WRITE_ERRORS, crate::metrics::TENANT => self.tenant.to_string()).increment(1);
-            }
-            match result {
-                Ok(applied) => return Ok(applied),
-                Err(error) if error.to_string().contains("WALCAST_EPOCH") => {
-                    return Err(SinkError::Lost)
-                }
-                Err(error)
-                    if error.is_io_error()
-                        || error.is_timeout()
-                        || error.is_connection_dropped()
-                        || error.is_connection_refusal()
-                        || error.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading) =>
-                {
-                    tracing::warn!(tenant = %self.tenant, %error, retry_in_ms = delay.as_millis() as u64, "redis unavailable; replication waits until it is back");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_RETRY_DELAY);
-                }
-                Err(error) => return Err(SinkError::redis(error)),
-            }
-        }
+        self.runner.run(entries, end_lsn, epoch).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -524,7 +555,12 @@ impl RedisSink {
                         (Some(key), _) => {
                             let row = new.as_ref().expect("insert and update carry a new row");
                             let hot = rule.hot_when.iter().all(|f| f.matches(row));
-                            if hot || !rule.keep_cold_for.is_zero() {
+                            // An INSERT keyed by the replica identity
+                            // that is not hot leaves nothing to remove.
+                            let new_row = event.op == Op::Insert && rule.key.is_none();
+                            if !hot && rule.keep_cold_for.is_zero() && new_row {
+                                // nothing to write
+                            } else if hot || !rule.keep_cold_for.is_zero() {
                                 ops.push(self.put_op(
                                     rule,
                                     table,
@@ -534,7 +570,7 @@ impl RedisSink {
                                     hot,
                                     // An INSERT keyed by the replica identity
                                     // cannot find an older version.
-                                    event.op == Op::Insert && rule.key.is_none(),
+                                    new_row,
                                 ));
                             } else {
                                 ops.push(self.delete_op(table, &key));
@@ -576,8 +612,36 @@ impl RedisSink {
         }
     }
 
-    async fn flush(&self, state: &mut State, end_lsn: Option<Lsn>) -> Result<(), SinkError> {
+    /// Waits for the batch in flight, if any, and returns its error.
+    async fn settle(state: &mut State) -> Result<(), SinkError> {
+        match state.in_flight.take() {
+            Some(handle) => match handle.await {
+                Ok(result) => result.map(|_| ()),
+                Err(join) => Err(SinkError::Io(std::io::Error::other(format!(
+                    "the redis write task ended abnormally: {join}"
+                )))),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the buffered events in chunks. With `wait`, returns once
+    /// everything (and the watermark `end_lsn`) is in Redis; without, the
+    /// last chunk may still be in flight while the caller builds the next.
+    async fn flush(
+        &self,
+        state: &mut State,
+        end_lsn: Option<Lsn>,
+        wait: bool,
+    ) -> Result<(), SinkError> {
         let mut events = std::mem::take(&mut state.buffer);
+        if events
+            .iter()
+            .any(|e| matches!(&e.body, ChangeBody::Row { unchanged, .. } if !unchanged.is_empty()))
+        {
+            // The fill reads the mirror: the batch in flight must be in first.
+            Self::settle(state).await?;
+        }
         self.fill_unchanged(&mut events).await?;
         let epoch = state.epoch.clone().unwrap_or_default();
         let chunks: Vec<&[ChangeEvent]> = if events.is_empty() {
@@ -588,8 +652,18 @@ impl RedisSink {
         let last = chunks.len() - 1;
         for (n, chunk) in chunks.into_iter().enumerate() {
             let entries: Vec<Entry> = chunk.iter().map(|e| self.entry(e)).collect();
-            self.run_script(&entries, if n == last { end_lsn } else { None }, &epoch)
-                .await?;
+            let end_lsn = if n == last { end_lsn } else { None };
+            // One batch in flight at most: batches reach Redis in order.
+            Self::settle(state).await?;
+            if wait && n == last {
+                self.run_script(&entries, end_lsn, &epoch).await?;
+            } else {
+                let runner = Arc::clone(&self.runner);
+                let epoch = epoch.clone();
+                state.in_flight = Some(tokio::spawn(async move {
+                    runner.run(&entries, end_lsn, &epoch).await
+                }));
+            }
         }
         Ok(())
     }
@@ -601,7 +675,7 @@ impl EventSink for RedisSink {
             let mut state = self.state.lock().await;
             state.buffer.extend_from_slice(events);
             if state.buffer.len() >= BATCH_EVENTS {
-                self.flush(&mut state, None).await?;
+                self.flush(&mut state, None, false).await?;
             }
             Ok(())
         })
@@ -610,13 +684,19 @@ impl EventSink for RedisSink {
     fn commit(&self, end_lsn: Option<Lsn>) -> SinkFuture<'_> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
-            self.flush(&mut state, end_lsn).await
+            self.flush(&mut state, end_lsn, true).await
         })
     }
 
     fn reset(&self) -> SinkFuture<'_> {
         Box::pin(async move {
-            self.state.lock().await.buffer.clear();
+            let mut state = self.state.lock().await;
+            // A batch of the ended session still in flight lands first (its
+            // entries are guarded by id, so the replay that follows is safe).
+            if let Err(error) = Self::settle(&mut state).await {
+                tracing::debug!(tenant = %self.tenant, %error, "a batch of the ended session failed");
+            }
+            state.buffer.clear();
             Ok(())
         })
     }
