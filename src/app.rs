@@ -89,6 +89,7 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
                 let mirror = Arc::new(RedisSink::new(&tenant, redis_config, conn.clone()));
                 let options = PipelineOptions {
                     mirror: Some(Arc::clone(&mirror)),
+                    slot_lag_warn_bytes: config.slot_lag_warn_bytes,
                     ..PipelineOptions::default()
                 };
                 (mirror as Arc<dyn EventSink>, options)
@@ -98,7 +99,11 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
                     Arc::new(MemoryRing::new(crate::sink::memory::DEFAULT_RING_EVENTS));
                 let tee: Arc<dyn EventSink> =
                     Arc::new(TeeSink::new(vec![Arc::clone(&stdout), ring]));
-                (tee, PipelineOptions::default())
+                let options = PipelineOptions {
+                    slot_lag_warn_bytes: config.slot_lag_warn_bytes,
+                    ..PipelineOptions::default()
+                };
+                (tee, options)
             }
         };
         let root_for_fatal = root.clone();
@@ -155,6 +160,7 @@ pub async fn tail(
         create_missing: !temporary_slot,
         give_up_on_definite: true,
         mirror: None,
+        slot_lag_warn_bytes: config.slot_lag_warn_bytes,
     };
     spawn_signal_handler(root.clone())?;
     let (state_tx, _state_rx) = watch::channel(TenantState::Starting);

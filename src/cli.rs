@@ -76,6 +76,23 @@ pub enum Command {
         #[arg(long)]
         temporary_slot: bool,
     },
+    /// List each tenant's replication slots: whether a session reads them,
+    /// how much WAL they hold back (lag since the confirmed position, and
+    /// retained WAL), and whether the server invalidated them. With --drop,
+    /// remove walcast's own slot of one tenant (after confirmation): the
+    /// server then frees the WAL it held; the next start creates a new slot
+    /// and streams from then on.
+    Slots {
+        /// Only this tenant (required with --drop).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Drop the tenant's slot (walcast must not be running for it).
+        #[arg(long, requires = "tenant")]
+        drop: bool,
+        /// Do not ask before dropping.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Rebuild a tenant's Redis mirror from a new consistent snapshot. When
     /// `walcast run` holds the tenant's slot, it is told to do it (within a
     /// few seconds; its log shows the progress); otherwise resync does it

@@ -132,3 +132,101 @@ pub async fn resync(config: &Config, tenant: &str) -> Result<ExitCode, ResyncErr
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `walcast slots [--tenant ID] [--drop [--yes]]`.
+pub async fn slots(
+    config: &Config,
+    tenant: Option<&str>,
+    drop: bool,
+    yes: bool,
+) -> Result<ExitCode, AppError> {
+    let mut failed = 0;
+    for tenant in selected(config, tenant)? {
+        if let Err(err) = slots_one(tenant, drop, yes).await {
+            failed += 1;
+            eprintln!("walcast: {}", crate::tenant::error_chain(&err));
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn slots_one(tenant: &TenantConfig, drop: bool, yes: bool) -> Result<(), SourceError> {
+    let client = source::connect(tenant, "walcast slots").await?;
+    let slots = source::slot_infos(&client, tenant).await?;
+    println!("tenant {} ({})", tenant.id, tenant.pg);
+    if slots.is_empty() {
+        println!("  no slot (walcast setup or run creates {})", tenant.slot);
+    } else {
+        println!(
+            "  {:<40} {:<6} {:<10} {:>12} {:>12}",
+            "slot", "active", "wal_status", "lag", "retained"
+        );
+        for slot in &slots {
+            let size = |b: Option<i64>| b.map(source::human_bytes).unwrap_or_else(|| "-".into());
+            println!(
+                "  {:<40} {:<6} {:<10} {:>12} {:>12}{}",
+                slot.name,
+                if slot.active { "yes" } else { "no" },
+                slot.wal_status.as_deref().unwrap_or("-"),
+                size(slot.lag_bytes),
+                size(slot.retained_bytes),
+                if slot.temporary {
+                    "  (temporary, walcast tail)"
+                } else {
+                    ""
+                }
+            );
+            if slot.is_lost() {
+                println!("    LOST: the server removed WAL this slot needed; changes were lost. Drop it (--drop) or run walcast resync.");
+            }
+        }
+    }
+    if !drop {
+        return Ok(());
+    }
+    let Some(own) = slots.iter().find(|s| s.name == tenant.slot) else {
+        println!("  nothing to drop: slot {} does not exist", tenant.slot);
+        return Ok(());
+    };
+    if own.active {
+        return Err(SourceError::Setup {
+            tenant: tenant.id.clone(),
+            problem: format!("slot {} is in use by a session", tenant.slot),
+            fix: "stop the walcast (or tail) that reads it, then drop it".into(),
+        });
+    }
+    if !yes
+        && !confirm(
+            &format!(
+                "drop slot {} of tenant {}? type the slot name to confirm: ",
+                tenant.slot, tenant.id
+            ),
+            &tenant.slot,
+        )
+    {
+        return Err(SourceError::Setup {
+            tenant: tenant.id.clone(),
+            problem: "not confirmed; nothing was dropped".into(),
+            fix: "type the slot name at the prompt, or pass --yes".into(),
+        });
+    }
+    source::drop_slot(&client, tenant).await?;
+    println!("  dropped slot {}", tenant.slot);
+    Ok(())
+}
+
+/// Asks on the terminal; false without an answer (no terminal, EOF).
+fn confirm(question: &str, expected: &str) -> bool {
+    use std::io::Write;
+    eprint!("{question}");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    match std::io::stdin().read_line(&mut answer) {
+        Ok(n) if n > 0 => answer.trim() == expected,
+        _ => false,
+    }
+}

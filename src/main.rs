@@ -47,6 +47,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             tables,
             temporary_slot,
         } => app::tail(config, &tenant, &tables, temporary_slot, root).await?,
+        Command::Slots { tenant, drop, yes } => {
+            return Ok(commands::slots(&config, tenant.as_deref(), drop, yes).await?)
+        }
         Command::Resync { tenant } => return Ok(commands::resync(&config, &tenant).await?),
         Command::Check { tenant } => return Ok(commands::check(&config, tenant.as_deref()).await?),
         Command::Setup { dry_run, tenant } => {

@@ -7,6 +7,8 @@ pub const TENANT: &str = "tenant";
 /// Label key: the mirrored table.
 pub const TABLE: &str = "table";
 
+/// WAL written since the slot's confirmed position.
+pub const SOURCE_SLOT_LAG_BYTES: &str = "walcast_source_slot_lag_bytes";
 /// Rows copied into the Redis mirror by snapshots.
 pub const SNAPSHOT_ROWS_COPIED: &str = "walcast_snapshot_rows_copied_total";
 /// Rows of the table being snapshotted (the goal of the running snapshot).
@@ -18,6 +20,11 @@ pub const REDIS_WRITE_ERRORS: &str = "walcast_redis_write_errors_total";
 
 /// Registers the descriptions (once, at start-up, after installing a recorder).
 pub fn describe() {
+    metrics::describe_gauge!(
+        SOURCE_SLOT_LAG_BYTES,
+        metrics::Unit::Bytes,
+        "WAL written since the slot's confirmed position."
+    );
     metrics::describe_counter!(
         SNAPSHOT_ROWS_COPIED,
         "Rows copied into the Redis mirror by snapshots."

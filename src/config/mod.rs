@@ -24,6 +24,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/walcast/walcast.toml";
 /// How long shutdown may take before walcast exits anyway (keep it below
 /// systemd's `TimeoutStopSec`).
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+/// Slot lag that turns into a warning: 1 GiB of WAL not yet confirmed.
+pub const DEFAULT_SLOT_LAG_WARN_BYTES: u64 = 1 << 30;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -31,6 +33,9 @@ pub struct Config {
     pub path: PathBuf,
     pub tenants: Vec<TenantConfig>,
     pub shutdown_timeout: Duration,
+    /// Warn (and show in the slot lag metric) when a tenant's slot holds
+    /// more than this much WAL that walcast has not confirmed.
+    pub slot_lag_warn_bytes: u64,
     /// Without it: no mirror, events only in memory and on standard output.
     pub redis: Option<RedisConfig>,
     /// Token keys, claims and access rules; without `[auth]` every request is refused.
@@ -67,6 +72,8 @@ pub enum ConfigError {
 pub(crate) struct RawConfig {
     #[serde(default)]
     pub shutdown_timeout_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub slot_lag_warn_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
     #[serde(default)]

@@ -378,12 +378,23 @@ pub(super) fn validate(
         Some(v) => Duration::from_secs(*v.get_ref()),
         None => Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
     };
+    let slot_lag_warn_bytes =
+        match raw.slot_lag_warn_bytes {
+            Some(v) if *v.get_ref() == 0 => return Err(at(
+                v.span(),
+                "slot_lag_warn_bytes must be at least 1 (leave it out for the default of 1 GiB)"
+                    .into(),
+            )),
+            Some(v) => *v.get_ref(),
+            None => super::DEFAULT_SLOT_LAG_WARN_BYTES,
+        };
     let auth = super::auth::auth_config(path, raw.auth.as_ref(), tenant_secrets, &tenants, env)
         .map_err(|(s, m)| at(s, m))?;
     Ok(Config {
         path: path.to_owned(),
         tenants,
         shutdown_timeout,
+        slot_lag_warn_bytes,
         redis,
         auth,
     })

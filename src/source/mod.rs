@@ -8,6 +8,7 @@ mod catalog;
 mod check;
 mod replication;
 mod setup;
+mod slots;
 
 pub use catalog::load_types;
 pub use check::{check_tenant, CheckItem, CheckLevel, CheckReport};
@@ -16,6 +17,7 @@ pub use setup::{
     connect, drop_slot, ensure_publication, ensure_slot, quote_ident, quote_table, setup_sql,
     slot_state, SetupAction,
 };
+pub use slots::{human_bytes, lost_slot_error, slot_infos, SlotInfo};
 
 use crate::config::TenantId;
 

@@ -23,6 +23,27 @@ use crate::source::{self, PendingSession, ReplicationSession, SlotKind, SourceEr
 /// epoch marker (it also checks with every write).
 const EPOCH_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How often a streaming tenant reads its slot's lag.
+const SLOT_LAG_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Records the slot's lag and warns past `warn_bytes` (errors reading it are
+/// only logged: the stream itself reports a broken connection).
+async fn check_slot_lag(client: &tokio_postgres::Client, tenant: &TenantConfig, warn_bytes: u64) {
+    match source::slot_infos(client, tenant).await {
+        Ok(slots) => {
+            if let Some(slot) = slots.iter().find(|s| s.name == tenant.slot) {
+                let lag = slot.lag_bytes.unwrap_or_default().max(0) as u64;
+                metrics::gauge!(crate::metrics::SOURCE_SLOT_LAG_BYTES, crate::metrics::TENANT => tenant.id.to_string())
+                    .set(lag as f64);
+                if lag > warn_bytes {
+                    tracing::warn!(tenant = %tenant.id, slot = %tenant.slot, lag_bytes = lag, threshold = warn_bytes, "replication slot lag above slot_lag_warn_bytes: the server keeps this much WAL for walcast");
+                }
+            }
+        }
+        Err(error) => tracing::debug!(tenant = %tenant.id, %error, "could not read the slot's lag"),
+    }
+}
+
 /// Group commit: transactions are committed to the sink (and confirmed) once
 /// the stream has nothing more ready, or after this many transactions, or
 /// after this long, whichever comes first. One Redis round trip then covers
@@ -67,6 +88,8 @@ pub struct PipelineOptions {
     /// The tenant's Redis sink (the same object as the pipeline's sink),
     /// for the initial snapshot and the epoch check.
     pub mirror: Option<Arc<RedisSink>>,
+    /// Warn when the slot holds more unconfirmed WAL than this.
+    pub slot_lag_warn_bytes: u64,
 }
 
 impl Default for PipelineOptions {
@@ -77,6 +100,7 @@ impl Default for PipelineOptions {
             create_missing: true,
             give_up_on_definite: false,
             mirror: None,
+            slot_lag_warn_bytes: crate::config::DEFAULT_SLOT_LAG_WARN_BYTES,
         }
     }
 }
@@ -195,6 +219,8 @@ pub(super) async fn run_session(
     let mut skipping = false;
     let tenant_name = || tenant.id.to_string();
     let mut unflushed: Option<Unflushed> = None;
+    let mut lag_check = tokio::time::interval(SLOT_LAG_CHECK_INTERVAL);
+    lag_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut epoch_check = tokio::time::interval(EPOCH_CHECK_INTERVAL);
     epoch_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -210,6 +236,12 @@ pub(super) async fn run_session(
                         return Err(PipelineError::Sink { tenant: tenant_name(), source: SinkError::Lost });
                     }
                 }
+                continue;
+            }
+            // How much WAL the slot holds back: a metric, and a warning
+            // past the configured threshold.
+            _ = lag_check.tick(), if options.slot == SlotKind::Permanent => {
+                check_slot_lag(&catalog, tenant, options.slot_lag_warn_bytes).await;
                 continue;
             }
             // The next message from the server.
@@ -412,6 +444,12 @@ async fn prepare(
     }
     if options.slot != SlotKind::Permanent {
         return Ok((client, None));
+    }
+    let own = source::slot_infos(&client, tenant).await?;
+    if own.iter().any(|s| s.name == tenant.slot && s.is_lost()) {
+        let err = source::lost_slot_error(tenant, options.mirror.is_some());
+        tracing::error!(tenant = %tenant.id, slot = %tenant.slot, error = %err, "replication slot invalidated: changes were lost");
+        return Err(err.into());
     }
     let Some(mirror) = &options.mirror else {
         if options.create_missing {
