@@ -25,6 +25,10 @@ pub enum AppError {
     NoTenants,
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Listen(#[from] crate::http::ListenError),
+    #[error("could not set up the metrics recorder: {0}")]
+    Metrics(String),
     #[error(
         "shutdown took longer than {0:?}; exiting anyway (unconfirmed changes will be sent again)"
     )]
@@ -64,6 +68,21 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
         return Err(AppError::NoTenants);
     }
     spawn_signal_handler(root.clone())?;
+    let tracker = TaskTracker::new();
+    // The HTTP listeners first: a taken port is a start-up error.
+    let http = match &config.server {
+        Some(server) => {
+            let listeners = crate::http::bind(&server.listen).await?;
+            let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| AppError::Metrics(e.to_string()))?;
+            crate::metrics::describe();
+            Some((listeners, metrics, server.ready_grace))
+        }
+        None => None,
+    };
+    let started = std::time::Instant::now();
+    let mut tenant_states = std::collections::BTreeMap::new();
     let stdout: Arc<dyn EventSink> = Arc::new(StdoutSink::default());
     let redis = match &config.redis {
         Some(redis) => {
@@ -80,9 +99,9 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
             None
         }
     };
-    let tracker = TaskTracker::new();
     for tenant in config.tenants.clone() {
-        let (state_tx, _state_rx) = watch::channel(TenantState::Starting);
+        let (state_tx, state_rx) = watch::channel(TenantState::Starting);
+        tenant_states.insert(tenant.id.to_string(), state_rx);
         let cancel = root.child_token();
         let (sink, options) = match (&config.redis, &redis) {
             (Some(redis_config), Some(conn)) => {
@@ -115,6 +134,15 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
                 root_for_fatal.cancel();
             }
         });
+    }
+    if let Some((listeners, metrics, ready_grace)) = http {
+        let state = Arc::new(crate::http::OpsState {
+            tenants: tenant_states,
+            metrics: Some(metrics),
+            started,
+            ready_grace,
+        });
+        crate::http::serve(listeners, state, root.clone(), &tracker);
     }
     tracker.close();
     root.cancelled().await;

@@ -26,6 +26,7 @@
 //! - `auth`: who may read what: JWT → `Principal`, per-role table rules and
 //!   row filters bound to claims (pure; used by the HTTP layer);
 //! - `app`, `commands`, `demo`: wiring of `run`/`tail`, `check`/`setup`/`resync`, and `demo`;
+//! - `http`: the HTTP server (operations endpoints so far);
 //! - `metrics`: metric names and descriptions;
 //! - `localdev`: throwaway local Postgres clusters and redis-servers (tests).
 
@@ -38,6 +39,7 @@ pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod filter;
+pub mod http;
 pub mod localdev;
 pub mod metrics;
 pub mod model;

@@ -7,6 +7,16 @@ pub const TENANT: &str = "tenant";
 /// Label key: the mirrored table.
 pub const TABLE: &str = "table";
 
+/// Resident memory of the process.
+pub const PROCESS_RSS_BYTES: &str = "walcast_process_rss_bytes";
+/// Row changes, truncates and messages decoded, by op.
+pub const SOURCE_CHANGES: &str = "walcast_source_changes_total";
+/// Transactions committed to the sink.
+pub const SOURCE_TRANSACTIONS: &str = "walcast_source_transactions_total";
+/// Replication sessions that ended in an error and were retried.
+pub const TENANT_RECONNECTS: &str = "walcast_tenant_reconnects_total";
+/// Label key: the change's op.
+pub const OP: &str = "op";
 /// WAL written since the slot's confirmed position.
 pub const SOURCE_SLOT_LAG_BYTES: &str = "walcast_source_slot_lag_bytes";
 /// Rows copied into the Redis mirror by snapshots.
@@ -20,6 +30,20 @@ pub const REDIS_WRITE_ERRORS: &str = "walcast_redis_write_errors_total";
 
 /// Registers the descriptions (once, at start-up, after installing a recorder).
 pub fn describe() {
+    metrics::describe_gauge!(
+        PROCESS_RSS_BYTES,
+        metrics::Unit::Bytes,
+        "Resident memory of the walcast process."
+    );
+    metrics::describe_counter!(
+        SOURCE_CHANGES,
+        "Row changes, truncates and messages decoded, by op."
+    );
+    metrics::describe_counter!(SOURCE_TRANSACTIONS, "Transactions committed to the sink.");
+    metrics::describe_counter!(
+        TENANT_RECONNECTS,
+        "Replication sessions that ended in an error and were retried."
+    );
     metrics::describe_gauge!(
         SOURCE_SLOT_LAG_BYTES,
         metrics::Unit::Bytes,

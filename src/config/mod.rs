@@ -36,6 +36,8 @@ pub struct Config {
     /// Warn (and show in the slot lag metric) when a tenant's slot holds
     /// more than this much WAL that walcast has not confirmed.
     pub slot_lag_warn_bytes: u64,
+    /// The HTTP server (operations endpoints); `None`: no HTTP at all.
+    pub server: Option<ServerConfig>,
     /// Without it: no mirror, events only in memory and on standard output.
     pub redis: Option<RedisConfig>,
     /// Token keys, claims and access rules; without `[auth]` every request is refused.
@@ -47,6 +49,18 @@ impl Config {
         self.tenants.iter().find(|t| t.id.as_str() == id)
     }
 }
+
+/// Where the HTTP server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub listen: Vec<std::net::SocketAddr>,
+    /// `/readyz` reports ready during this long after start even while
+    /// tenants are still connecting.
+    pub ready_grace: Duration,
+}
+
+/// Default of `[server] ready_grace_secs`.
+pub const DEFAULT_READY_GRACE_SECS: u64 = 30;
 
 /// A configuration that cannot be used, with where and how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +89,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub slot_lag_warn_bytes: Option<Spanned<u64>>,
     #[serde(default)]
+    pub server: Option<RawServer>,
+    #[serde(default)]
     pub tenants: Vec<RawTenant>,
     #[serde(default)]
     pub redis: Option<RawRedis>,
@@ -83,6 +99,14 @@ pub(crate) struct RawConfig {
     pub mirror: Vec<RawMirror>,
     #[serde(default)]
     pub auth: Option<Spanned<auth::RawAuth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub listen: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub ready_grace_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

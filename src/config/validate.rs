@@ -388,6 +388,38 @@ pub(super) fn validate(
             Some(v) => *v.get_ref(),
             None => super::DEFAULT_SLOT_LAG_WARN_BYTES,
         };
+    let server = match &raw.server {
+        None => None,
+        Some(server) => {
+            if server.listen.get_ref().is_empty() {
+                return Err(at(
+                    server.listen.span(),
+                    "listen is empty; give at least one address, like listen = [\"127.0.0.1:8080\"]".into(),
+                ));
+            }
+            let mut listen = Vec::new();
+            for addr in server.listen.get_ref() {
+                let parsed = addr.get_ref().parse::<std::net::SocketAddr>().map_err(|_| {
+                    at(
+                        addr.span(),
+                        format!("listen address {:?} is not an IP address with a port; write it like \"127.0.0.1:8080\" or \"[::1]:8080\"", addr.get_ref()),
+                    )
+                })?;
+                listen.push(parsed);
+            }
+            let ready_grace = match &server.ready_grace_secs {
+                Some(v) if *v.get_ref() > 3600 => {
+                    return Err(at(v.span(), "ready_grace_secs must be at most 3600".into()))
+                }
+                Some(v) => Duration::from_secs(*v.get_ref()),
+                None => Duration::from_secs(super::DEFAULT_READY_GRACE_SECS),
+            };
+            Some(super::ServerConfig {
+                listen,
+                ready_grace,
+            })
+        }
+    };
     let auth = super::auth::auth_config(path, raw.auth.as_ref(), tenant_secrets, &tenants, env)
         .map_err(|(s, m)| at(s, m))?;
     Ok(Config {
@@ -395,6 +427,7 @@ pub(super) fn validate(
         tenants,
         shutdown_timeout,
         slot_lag_warn_bytes,
+        server,
         redis,
         auth,
     })

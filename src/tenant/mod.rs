@@ -82,6 +82,7 @@ pub async fn run_tenant(
             state.send_replace(TenantState::Failed { error: text });
             return Err(err);
         }
+        metrics::counter!(crate::metrics::TENANT_RECONNECTS, crate::metrics::TENANT => tenant.id.to_string()).increment(1);
         let delay = backoff.next_delay(!err.is_transient());
         tracing::warn!(tenant = %tenant.id, error = %text, retry_in_ms = delay.as_millis() as u64, "tenant stream failed, retrying");
         state.send_replace(TenantState::Retrying {

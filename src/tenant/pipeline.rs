@@ -525,6 +525,10 @@ async fn write(
     if let Some(last) = events.last() {
         *last_written = Some(last.id);
     }
+    for event in events.iter() {
+        metrics::counter!(crate::metrics::SOURCE_CHANGES, crate::metrics::TENANT => tenant.id.to_string(), crate::metrics::OP => event.op.as_str())
+            .increment(1);
+    }
     if let Some(tables) = &options.tables {
         events.retain(|e| e.table().is_some_and(|t| tables.contains(t)));
     }
@@ -557,6 +561,8 @@ async fn flush(
             tenant: tenant.id.to_string(),
             source,
         })?;
+    metrics::counter!(crate::metrics::SOURCE_TRANSACTIONS, crate::metrics::TENANT => tenant.id.to_string())
+        .increment(u.txns as u64);
     progress.last_commit = progress.last_commit.max(u.last_commit);
     progress.confirmed_end = progress.confirmed_end.max(u.end);
     progress.committed_event = progress.committed_event.max(u.last_event);
