@@ -1,7 +1,7 @@
 //! Wiring: the root cancellation token, one task per tenant, signals, and the
 //! shutdown deadline.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, RedisConfig, TenantConfig};
+use crate::http::TenantStates;
 use crate::sink::{EventSink, MemoryRing, RedisSink, StdoutSink, TeeSink};
 use crate::source::SlotKind;
 use crate::tenant::{run_tenant, PipelineError, PipelineOptions, TenantState};
@@ -27,6 +28,8 @@ pub enum AppError {
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Listen(#[from] crate::http::ListenError),
+    #[error("could not listen for signals")]
+    Signals(#[source] std::io::Error),
     #[error("could not set up the metrics recorder: {0}")]
     Metrics(String),
     #[error(
@@ -63,11 +66,16 @@ fn spawn_signal_handler(root: CancellationToken) -> Result<(), AppError> {
 }
 
 /// `walcast run`: every tenant, until a signal (or `root` is cancelled).
+/// SIGHUP re-reads the configuration: added tenants start, removed ones stop
+/// (their slots stay), changed ones restart, the others go on untouched; an
+/// invalid file is refused and the running configuration stays.
 pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError> {
     if config.tenants.is_empty() {
         return Err(AppError::NoTenants);
     }
     spawn_signal_handler(root.clone())?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(AppError::Signals)?;
     let tracker = TaskTracker::new();
     // The HTTP listeners first: a taken port is a start-up error.
     let http = match &config.server {
@@ -77,13 +85,16 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
                 .install_recorder()
                 .map_err(|e| AppError::Metrics(e.to_string()))?;
             crate::metrics::describe();
-            Some((listeners, metrics, server.ready_grace))
+            Some((listeners, metrics))
         }
         None => None,
     };
     let started = std::time::Instant::now();
-    let mut tenant_states = std::collections::BTreeMap::new();
-    let stdout: Arc<dyn EventSink> = Arc::new(StdoutSink::default());
+    let grace = config
+        .server
+        .as_ref()
+        .map(|s| s.ready_grace)
+        .unwrap_or(Duration::from_secs(crate::config::DEFAULT_READY_GRACE_SECS));
     let redis = match &config.redis {
         Some(redis) => {
             let conn = tokio::select! {
@@ -99,16 +110,74 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
             None
         }
     };
-    for tenant in config.tenants.clone() {
+    let mut tenants = Tenants {
+        root: root.clone(),
+        tracker: tracker.clone(),
+        stdout: Arc::new(StdoutSink::default()),
+        redis,
+        states: TenantStates::default(),
+        running: BTreeMap::new(),
+        config,
+    };
+    for tenant in tenants.config.tenants.clone() {
+        tenants.start(tenant);
+    }
+    if let Some((listeners, metrics)) = http {
+        let state = Arc::new(crate::http::OpsState {
+            tenants: Arc::clone(&tenants.states),
+            metrics: Some(metrics),
+            started,
+            ready_grace: grace,
+        });
+        crate::http::serve(listeners, state, root.clone(), &tracker);
+    }
+    spawn_systemd_notifier(
+        Arc::clone(&tenants.states),
+        started,
+        grace,
+        root.clone(),
+        &tracker,
+    );
+    loop {
+        tokio::select! {
+            // SIGINT/SIGTERM (or a fatal tenant error): stop everything.
+            _ = root.cancelled() => break,
+            // SIGHUP: apply the configuration file's changes.
+            _ = hangup.recv() => tenants.reload().await,
+        }
+    }
+    tracker.close();
+    wait_for(&tracker, tenants.config.shutdown_timeout).await
+}
+
+/// The running tenants of `walcast run`, and what starting one needs.
+struct Tenants {
+    root: CancellationToken,
+    tracker: TaskTracker,
+    stdout: Arc<dyn EventSink>,
+    redis: Option<redis::aio::ConnectionManager>,
+    states: TenantStates,
+    running: BTreeMap<String, RunningTenant>,
+    config: Config,
+}
+
+struct RunningTenant {
+    config: TenantConfig,
+    cancel: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Tenants {
+    fn start(&mut self, tenant: TenantConfig) {
         let (state_tx, state_rx) = watch::channel(TenantState::Starting);
-        tenant_states.insert(tenant.id.to_string(), state_rx);
-        let cancel = root.child_token();
-        let (sink, options) = match (&config.redis, &redis) {
+        let id = tenant.id.to_string();
+        let cancel = self.root.child_token();
+        let (sink, options) = match (&self.config.redis, &self.redis) {
             (Some(redis_config), Some(conn)) => {
                 let mirror = Arc::new(RedisSink::new(&tenant, redis_config, conn.clone()));
                 let options = PipelineOptions {
                     mirror: Some(Arc::clone(&mirror)),
-                    slot_lag_warn_bytes: config.slot_lag_warn_bytes,
+                    slot_lag_warn_bytes: self.config.slot_lag_warn_bytes,
                     ..PipelineOptions::default()
                 };
                 (mirror as Arc<dyn EventSink>, options)
@@ -117,36 +186,154 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
                 let ring: Arc<dyn EventSink> =
                     Arc::new(MemoryRing::new(crate::sink::memory::DEFAULT_RING_EVENTS));
                 let tee: Arc<dyn EventSink> =
-                    Arc::new(TeeSink::new(vec![Arc::clone(&stdout), ring]));
+                    Arc::new(TeeSink::new(vec![Arc::clone(&self.stdout), ring]));
                 let options = PipelineOptions {
-                    slot_lag_warn_bytes: config.slot_lag_warn_bytes,
+                    slot_lag_warn_bytes: self.config.slot_lag_warn_bytes,
                     ..PipelineOptions::default()
                 };
                 (tee, options)
             }
         };
-        let root_for_fatal = root.clone();
-        tracker.spawn(async move {
+        let root_for_fatal = self.root.clone();
+        let config = tenant.clone();
+        let task_cancel = cancel.clone();
+        let handle = self.tracker.spawn(async move {
             let id = tenant.id.clone();
-            if let Err(err) = run_tenant(tenant, options, sink, cancel, state_tx).await {
+            if let Err(err) = run_tenant(tenant, options, sink, task_cancel, state_tx).await {
                 tracing::error!(tenant = %id, error = %crate::tenant::error_chain(&err), "tenant stopped");
                 // Only a fatal error (the output is gone) ends run_tenant here.
                 root_for_fatal.cancel();
             }
         });
+        self.states
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), state_rx);
+        self.running.insert(
+            id,
+            RunningTenant {
+                config,
+                cancel,
+                handle,
+            },
+        );
     }
-    if let Some((listeners, metrics, ready_grace)) = http {
-        let state = Arc::new(crate::http::OpsState {
-            tenants: tenant_states,
-            metrics: Some(metrics),
-            started,
-            ready_grace,
-        });
-        crate::http::serve(listeners, state, root.clone(), &tracker);
+
+    /// Stops one tenant the way shutdown does (finish the transaction in
+    /// hand, confirm, close), within the shutdown deadline.
+    async fn stop(&mut self, id: &str) {
+        let Some(tenant) = self.running.remove(id) else {
+            return;
+        };
+        tenant.cancel.cancel();
+        if tokio::time::timeout(self.config.shutdown_timeout, tenant.handle)
+            .await
+            .is_err()
+        {
+            tracing::warn!(tenant = %id, "tenant did not stop within shutdown_timeout_secs; it goes on stopping in the background");
+        }
+        self.states
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
-    tracker.close();
-    root.cancelled().await;
-    wait_for(&tracker, config.shutdown_timeout).await
+
+    /// SIGHUP: re-read the file and apply what changed in the tenants.
+    async fn reload(&mut self) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            let _ = sd_notify::notify(&[now]);
+        }
+        let path = self.config.path.clone();
+        match crate::config::load(&path) {
+            Err(err) => tracing::error!(error = %crate::tenant::error_chain(&err), "reload refused: the configuration file is invalid; the running configuration stays"),
+            Ok(new) if new.tenants.is_empty() => tracing::error!("reload refused: the new configuration has no [[tenants]]; the running configuration stays"),
+            Ok(new) => {
+                if new.redis != self.config.redis || new.server != self.config.server {
+                    tracing::warn!("reload: changes to [redis] or [server] take effect at the next restart; applying the tenants' changes");
+                }
+                let wanted: BTreeMap<String, TenantConfig> =
+                    new.tenants.iter().map(|t| (t.id.to_string(), t.clone())).collect();
+                let gone: Vec<String> = self.running.keys().filter(|id| !wanted.contains_key(*id)).cloned().collect();
+                for id in gone {
+                    tracing::info!(tenant = %id, "reload: tenant removed; stopping it (its slot stays: drop it with walcast slots --drop)");
+                    self.stop(&id).await;
+                }
+                let (mut added, mut changed) = (0, 0);
+                self.config.slot_lag_warn_bytes = new.slot_lag_warn_bytes;
+                for (id, tenant) in wanted {
+                    match self.running.get(&id) {
+                        Some(running) if running.config == tenant => {}
+                        Some(_) => {
+                            tracing::info!(tenant = %id, "reload: tenant changed; restarting it");
+                            self.stop(&id).await;
+                            changed += 1;
+                            self.start(tenant);
+                        }
+                        None => {
+                            tracing::info!(tenant = %id, "reload: tenant added; starting it");
+                            added += 1;
+                            self.start(tenant);
+                        }
+                    }
+                }
+                tracing::info!(added, changed, tenants = self.running.len(), "reload done");
+                let redis = self.config.redis.clone();
+                let server = self.config.server.clone();
+                self.config = Config { redis, server, ..new };
+            }
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+}
+
+/// Tells systemd (when it started us with `Type=notify`) that walcast is
+/// ready once every tenant streams or the start-up grace passed, keeps a
+/// `STATUS=` line with tenant counts, and pings the watchdog from this task:
+/// a wedged runtime stops pinging and systemd restarts the service.
+fn spawn_systemd_notifier(
+    states: TenantStates,
+    started: std::time::Instant,
+    grace: Duration,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let watchdog = sd_notify::watchdog_enabled();
+    let tick = watchdog
+        .map(|w| (w / 2).min(Duration::from_secs(1)))
+        .unwrap_or(Duration::from_secs(1));
+    tracker.spawn(async move {
+        let mut ready = false;
+        let mut last_status = String::new();
+        let mut interval = tokio::time::interval(tick);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status("stopping")]);
+                    return;
+                }
+                _ = interval.tick() => {}
+            }
+            let (streaming, total) = {
+                let states = states.read().unwrap_or_else(|p| p.into_inner());
+                let streaming = states.values().filter(|s| *s.borrow() == TenantState::Streaming).count();
+                (streaming, states.len())
+            };
+            let status = format!("streaming {streaming} of {total} tenants");
+            if status != last_status {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+                last_status = status;
+            }
+            if !ready && (streaming == total || started.elapsed() >= grace) {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                ready = true;
+            }
+            if watchdog.is_some() {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    });
 }
 
 /// Connects to Redis, retrying (with a warning) until it answers.

@@ -5,7 +5,7 @@
 
 pub mod ops;
 
-pub use ops::OpsState;
+pub use ops::{OpsState, TenantStates};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

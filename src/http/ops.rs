@@ -14,9 +14,12 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::tenant::TenantState;
 
+/// Every running tenant's state, by id (replaced entries on reload).
+pub type TenantStates = Arc<std::sync::RwLock<BTreeMap<String, watch::Receiver<TenantState>>>>;
+
 /// What the operations endpoints read.
 pub struct OpsState {
-    pub tenants: BTreeMap<String, watch::Receiver<TenantState>>,
+    pub tenants: TenantStates,
     pub metrics: Option<PrometheusHandle>,
     pub started: Instant,
     pub ready_grace: Duration,
@@ -28,7 +31,8 @@ impl OpsState {
         let in_grace = self.started.elapsed() < self.ready_grace;
         let mut all_streaming = true;
         let mut tenants = serde_json::Map::new();
-        for (id, state) in &self.tenants {
+        let tenants_now = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        for (id, state) in tenants_now.iter() {
             let state = state.borrow().clone();
             let value = match &state {
                 TenantState::Starting => json!({"state": "starting"}),
