@@ -15,6 +15,13 @@ pub const SOURCE_CHANGES: &str = "walcast_source_changes_total";
 pub const SOURCE_TRANSACTIONS: &str = "walcast_source_transactions_total";
 /// Replication sessions that ended in an error and were retried.
 pub const TENANT_RECONNECTS: &str = "walcast_tenant_reconnects_total";
+/// Seconds from commit in Postgres to durably in the sink, of the last
+/// transaction written.
+pub const SOURCE_LAG_SECONDS: &str = "walcast_source_lag_seconds";
+/// pgoutput messages that could not be decoded (the session reconnects).
+pub const SOURCE_DECODE_ERRORS: &str = "walcast_source_decode_errors_total";
+/// 1 while a replication session of the tenant streams from its slot.
+pub const SOURCE_SLOT_ACTIVE: &str = "walcast_source_slot_active";
 /// Label key: the change's op.
 pub const OP: &str = "op";
 /// WAL written since the slot's confirmed position.
@@ -30,6 +37,19 @@ pub const REDIS_WRITE_ERRORS: &str = "walcast_redis_write_errors_total";
 
 /// Registers the descriptions (once, at start-up, after installing a recorder).
 pub fn describe() {
+    metrics::describe_gauge!(
+        SOURCE_LAG_SECONDS,
+        metrics::Unit::Seconds,
+        "From commit in Postgres to durably in the sink, last transaction."
+    );
+    metrics::describe_counter!(
+        SOURCE_DECODE_ERRORS,
+        "pgoutput messages that could not be decoded."
+    );
+    metrics::describe_gauge!(
+        SOURCE_SLOT_ACTIVE,
+        "1 while a replication session streams from the tenant's slot."
+    );
     metrics::describe_gauge!(
         PROCESS_RSS_BYTES,
         metrics::Unit::Bytes,

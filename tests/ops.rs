@@ -68,6 +68,9 @@ fn health_readiness_and_metrics() {
         "walcast_process_rss_bytes ",
         "walcast_source_slot_lag_bytes{tenant=\"acme\"} ",
         "# TYPE walcast_source_changes_total counter",
+        "walcast_source_lag_seconds{tenant=\"acme\"} ",
+        "walcast_source_slot_active{tenant=\"acme\"} 1",
+        "walcast_source_slot_active{tenant=\"globex\"} 1",
     ] {
         assert!(
             metrics.contains(family),
@@ -86,6 +89,11 @@ fn health_readiness_and_metrics() {
     assert_eq!(ready["ready"], false);
     assert_eq!(ready["tenants"]["globex"]["state"], "retrying");
     assert_eq!(ready["tenants"]["acme"]["state"], "streaming");
+    wait_until("globex's slot to be reported inactive", || {
+        get(&format!("{base}/metrics"))
+            .1
+            .contains("walcast_source_slot_active{tenant=\"globex\"} 0")
+    });
     wait_until("the reconnect counter", || {
         get(&format!("{base}/metrics"))
             .1

@@ -3,6 +3,15 @@
 /// Seconds between 1970-01-01 and 2000-01-01, the Postgres epoch.
 const PG_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
 
+/// Now, as a Postgres timestamp (microseconds since 2000-01-01 UTC).
+pub fn now_pg_micros() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default();
+    unix - PG_EPOCH_UNIX_SECONDS * 1_000_000
+}
+
 /// Formats a Postgres timestamp as `2026-11-28T03:14:02.123456Z` (always six
 /// fractional digits, UTC).
 pub fn format_pg_timestamp(micros_since_2000: i64) -> String {

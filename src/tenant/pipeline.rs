@@ -59,6 +59,8 @@ struct Unflushed {
     since: std::time::Instant,
     /// The last event of the last complete transaction.
     last_event: Option<EventId>,
+    /// Commit time of the last complete transaction (microseconds since 2000).
+    last_commit_ts: Option<i64>,
 }
 
 impl Unflushed {
@@ -70,6 +72,7 @@ impl Unflushed {
             txns: 0,
             since: std::time::Instant::now(),
             last_event: progress.committed_event,
+            last_commit_ts: None,
         }
     }
 }
@@ -211,6 +214,9 @@ pub(super) async fn run_session(
     };
     tracing::info!(tenant = %tenant.id, slot = %slot_name(tenant, &options.slot), from = %progress.confirmed_end, "streaming");
     state.send_replace(TenantState::Streaming);
+    metrics::gauge!(crate::metrics::SOURCE_SLOT_ACTIVE, crate::metrics::TENANT => tenant.id.to_string()).set(1.0);
+    // Whatever way this session ends, the slot is no longer read by it.
+    let _inactive_on_exit = SlotInactiveOnDrop(tenant.id.to_string());
     backoff.reset();
 
     let mut applier = Applier::new(tenant.id.as_arc());
@@ -271,9 +277,12 @@ pub(super) async fn run_session(
                 }
             }
             ReplicationEvent::XLogData { data, .. } => {
-                let msg = decode(&data).map_err(|source| PipelineError::Decode {
+                let msg = decode(&data).map_err(|source| {
+                    metrics::counter!(crate::metrics::SOURCE_DECODE_ERRORS, crate::metrics::TENANT => tenant.id.to_string()).increment(1);
+                    PipelineError::Decode {
                     tenant: tenant_name(),
                     source,
+                }
                 })?;
                 if let PgOutputMessage::Relation(relation) = &msg {
                     let types = relation.columns.iter().map(|c| c.type_oid);
@@ -346,7 +355,11 @@ pub(super) async fn run_session(
                         .last_event = progress.last_written;
                 }
             }
-            ReplicationEvent::Commit { lsn, end_lsn, .. } => {
+            ReplicationEvent::Commit {
+                lsn,
+                end_lsn,
+                commit_time_micros,
+            } => {
                 let end = Lsn::from(end_lsn);
                 if skipping {
                     skipping = false;
@@ -368,6 +381,7 @@ pub(super) async fn run_session(
                 u.end = u.end.max(end);
                 u.txns += 1;
                 u.last_event = progress.last_written;
+                u.last_commit_ts = Some(commit_time_micros);
                 if u.txns >= GROUP_COMMIT_TXNS || u.since.elapsed() >= GROUP_COMMIT_MAX_DELAY {
                     flush(sink, tenant, &mut unflushed, progress, &mut session).await?;
                 }
@@ -563,6 +577,11 @@ async fn flush(
         })?;
     metrics::counter!(crate::metrics::SOURCE_TRANSACTIONS, crate::metrics::TENANT => tenant.id.to_string())
         .increment(u.txns as u64);
+    if let Some(ts) = u.last_commit_ts {
+        // From commit in Postgres to durably in the sink.
+        let lag = (crate::model::now_pg_micros() - ts).max(0) as f64 / 1e6;
+        metrics::gauge!(crate::metrics::SOURCE_LAG_SECONDS, crate::metrics::TENANT => tenant.id.to_string()).set(lag);
+    }
     progress.last_commit = progress.last_commit.max(u.last_commit);
     progress.confirmed_end = progress.confirmed_end.max(u.end);
     progress.committed_event = progress.committed_event.max(u.last_event);
@@ -609,5 +628,14 @@ mod tests {
         };
         assert!(unknown.is_transient());
         assert!(error_chain(&unknown).ends_with("unknown pgoutput message tag 0x5a at byte 0"));
+    }
+}
+
+/// Sets the tenant's slot-active gauge to 0 when the session ends.
+struct SlotInactiveOnDrop(String);
+
+impl Drop for SlotInactiveOnDrop {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::SOURCE_SLOT_ACTIVE, crate::metrics::TENANT => self.0.clone()).set(0.0);
     }
 }
