@@ -596,6 +596,15 @@ fn slot_name<'a>(tenant: &'a TenantConfig, slot: &'a SlotKind) -> &'a str {
     }
 }
 
+/// Sets the tenant's slot-active gauge to 0 when the session ends.
+struct SlotInactiveOnDrop(String);
+
+impl Drop for SlotInactiveOnDrop {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::SOURCE_SLOT_ACTIVE, crate::metrics::TENANT => self.0.clone()).set(0.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -628,14 +637,5 @@ mod tests {
         };
         assert!(unknown.is_transient());
         assert!(error_chain(&unknown).ends_with("unknown pgoutput message tag 0x5a at byte 0"));
-    }
-}
-
-/// Sets the tenant's slot-active gauge to 0 when the session ends.
-struct SlotInactiveOnDrop(String);
-
-impl Drop for SlotInactiveOnDrop {
-    fn drop(&mut self) {
-        metrics::gauge!(crate::metrics::SOURCE_SLOT_ACTIVE, crate::metrics::TENANT => self.0.clone()).set(0.0);
     }
 }
