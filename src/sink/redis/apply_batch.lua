@@ -8,11 +8,7 @@
 -- ARGV[3] stream MAXLEN ("" = none)
 -- ARGV[4] trim entries committed before this unix time ("" = none)
 -- ARGV[5] row key prefix            ARGV[6] row index-membership key prefix
--- ARGV[7] number of entries
--- ARGV[8] the token the previous batch of this writer left in `applied.batch`
---         ("" = do not check: the previous batch's answer was awaited)
--- ARGV[9] this batch's token
--- then per entry:
+-- ARGV[7] number of entries, then per entry:
 --   sortable id ("" = a snapshot row: no guard, no stream entry), stream id,
 --   event JSON, commit unix time, op count, ops...
 -- Ops:
@@ -28,20 +24,10 @@ local epoch = redis.call('GET', KEYS[3])
 if ARGV[1] ~= '' and epoch ~= ARGV[1] then
   return redis.error_reply('WALCAST_EPOCH the tenant epoch marker is gone: Redis lost its data')
 end
--- A batch sent before the previous one answered applies only after it:
--- if the previous one failed or has not run, refuse (nothing is written).
-if ARGV[8] ~= '' then
-  local previous = redis.call('HGET', KEYS[1], 'batch')
-  if previous == ARGV[9] then
-    return 0 -- this very batch ran already (a retry after a lost answer)
-  elseif previous ~= ARGV[8] then
-    return redis.error_reply('WALCAST_ORDER the previous batch was not applied first')
-  end
-end
 local last = redis.call('HGET', KEYS[1], 'last_id') or ''
 local last_event = nil
 local row_prefix, rowidx_prefix = ARGV[5], ARGV[6]
-local i = 10
+local i = 8
 local applied = 0
 -- Index sets already recorded in their table's idxsets during this call.
 local registered = {}
@@ -137,7 +123,6 @@ end
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], 'end_lsn', ARGV[2])
 end
-redis.call('HSET', KEYS[1], 'batch', ARGV[9])
 if ARGV[4] ~= '' then
   -- Age-based retention: drop stream entries committed before the cut-off.
   local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[4])

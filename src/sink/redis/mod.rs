@@ -32,9 +32,6 @@ use crate::model::{
 /// Events per script call: bounds the script's run time and memory; a larger
 /// transaction goes in several calls, each guarded by event id.
 pub const BATCH_EVENTS: usize = 500;
-/// Batches sent to Redis before the previous answers arrive: two keep Redis
-/// busy while walcast builds the next.
-const MAX_IN_FLIGHT: usize = 2;
 /// The longest wait between retries while Redis is unreachable.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -50,18 +47,6 @@ pub async fn connect(config: &RedisConfig) -> Result<ConnectionManager, SinkErro
         .map_err(SinkError::Connect)
 }
 
-/// When this process started (nanoseconds within the second): part of the
-/// batch tokens, so that a restarted walcast never repeats a token.
-fn start_nanos() -> u64 {
-    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *START.get_or_init(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or_default()
-    })
-}
-
 /// Sortable form of an event id for the script's string comparison.
 pub fn sortable_id(id: EventId) -> String {
     format!("{:020}-{:010}", id.commit_lsn.0, id.index)
@@ -70,8 +55,6 @@ pub fn sortable_id(id: EventId) -> String {
 /// What runs the batch script: shared with the task that writes a batch
 /// while the next one is being built.
 struct ScriptRunner {
-    /// Numbers this process's batches (their tokens in `applied.batch`).
-    batches: std::sync::atomic::AtomicU64,
     tenant: TenantId,
     keys: Keys,
     conn: ConnectionManager,
@@ -79,56 +62,13 @@ struct ScriptRunner {
     script: Script,
 }
 
-type BatchFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, SinkError>> + Send>>;
-
-/// A batch sent to Redis: its answer, or the future that will give it.
-enum InFlight {
-    Done(Result<u64, SinkError>),
-    Waiting(BatchFuture),
-}
-
-impl InFlight {
-    /// Polls the batch's future once (sending its request), keeping it.
-    async fn start(mut future: BatchFuture) -> InFlight {
-        std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(match future.as_mut().poll(cx) {
-                std::task::Poll::Ready(result) => Some(result),
-                std::task::Poll::Pending => None,
-            })
-        })
-        .await
-        .map_or(InFlight::Waiting(future), InFlight::Done)
-    }
-
-    async fn finish(self) -> Result<(), SinkError> {
-        match self {
-            InFlight::Done(result) => result.map(|_| ()),
-            InFlight::Waiting(future) => future.await.map(|_| ()),
-        }
-    }
-}
-
-/// How a batch orders itself after the one before it: a batch sent while
-/// the previous one is still unanswered names that batch's token, and the
-/// script refuses it unless that batch ran first.
-struct Chain {
-    expect: Option<String>,
-    token: String,
-}
-
 impl ScriptRunner {
-    fn next_token(&self) -> String {
-        let n = self.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("{}-{}-{n}", std::process::id(), start_nanos())
-    }
-
     /// Runs the batch script, retrying while Redis is unreachable.
     async fn run(
         &self,
         entries: &[Entry],
         end_lsn: Option<Lsn>,
         epoch: &str,
-        chain: &Chain,
     ) -> Result<u64, SinkError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -158,9 +98,7 @@ impl ScriptRunner {
                 )
                 .arg(self.keys.row_prefix())
                 .arg(self.keys.rowidx_prefix())
-                .arg(entries.len())
-                .arg(chain.expect.as_deref().unwrap_or_default())
-                .arg(&chain.token);
+                .arg(entries.len());
             for entry in entries {
                 entry.push_args(&mut invocation);
             }
@@ -211,8 +149,9 @@ struct State {
     buffer: Vec<ChangeEvent>,
     /// The epoch marker this process expects (set at start or by a snapshot).
     epoch: Option<String>,
-    /// Batches sent and not yet answered, oldest first, with their tokens.
-    in_flight: std::collections::VecDeque<(InFlight, String)>,
+    /// The batch being written while the next one is built: at most one, so
+    /// batches reach Redis in order.
+    in_flight: Option<tokio::task::JoinHandle<Result<u64, SinkError>>>,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -234,7 +173,6 @@ impl RedisSink {
                 .map(|r| (r.table.clone(), r.clone()))
                 .collect(),
             runner: Arc::new(ScriptRunner {
-                batches: std::sync::atomic::AtomicU64::new(0),
                 tenant: tenant.id.clone(),
                 keys,
                 conn,
@@ -408,11 +346,7 @@ impl RedisSink {
         end_lsn: Option<Lsn>,
         epoch: &str,
     ) -> Result<u64, SinkError> {
-        let chain = Chain {
-            expect: None,
-            token: self.runner.next_token(),
-        };
-        self.runner.run(entries, end_lsn, epoch, &chain).await
+        self.runner.run(entries, end_lsn, epoch).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -678,26 +612,34 @@ impl RedisSink {
         }
     }
 
-    /// Waits for every batch in flight, oldest first; returns the first error.
+    /// Waits for the batch in flight, if any, and returns its error.
     async fn settle(state: &mut State) -> Result<(), SinkError> {
-        let mut first_error = None;
-        while let Some((batch, _)) = state.in_flight.pop_front() {
-            if let (Err(e), None) = (batch.finish().await, &first_error) {
-                first_error = Some(e);
-            }
+        match state.in_flight.take() {
+            Some(handle) => match handle.await {
+                Ok(result) => result.map(|_| ()),
+                Err(join) => Err(SinkError::Io(std::io::Error::other(format!(
+                    "the redis write task ended abnormally: {join}"
+                )))),
+            },
+            None => Ok(()),
         }
-        first_error.map_or(Ok(()), Err)
     }
 
     /// Writes the buffered events in chunks. With `wait`, returns once
-    /// everything (and the watermark `end_lsn`) is in Redis; without, up to
-    /// `MAX_IN_FLIGHT` chunks may still be on their way while the caller
-    /// builds the next (each chained to the one before, so none can apply
-    /// out of order).
-    async fn flush(&self, state: &mut State, end_lsn: Option<Lsn>, wait: bool) -> Result<(), SinkError> {
+    /// everything (and the watermark `end_lsn`) is in Redis; without, the
+    /// last chunk may still be in flight while the caller builds the next.
+    async fn flush(
+        &self,
+        state: &mut State,
+        end_lsn: Option<Lsn>,
+        wait: bool,
+    ) -> Result<(), SinkError> {
         let mut events = std::mem::take(&mut state.buffer);
-        if events.iter().any(|e| matches!(&e.body, ChangeBody::Row { unchanged, .. } if !unchanged.is_empty())) {
-            // The fill reads the mirror: what is in flight must be in first.
+        if events
+            .iter()
+            .any(|e| matches!(&e.body, ChangeBody::Row { unchanged, .. } if !unchanged.is_empty()))
+        {
+            // The fill reads the mirror: the batch in flight must be in first.
             Self::settle(state).await?;
         }
         self.fill_unchanged(&mut events).await?;
@@ -711,27 +653,17 @@ impl RedisSink {
         for (n, chunk) in chunks.into_iter().enumerate() {
             let entries: Vec<Entry> = chunk.iter().map(|e| self.entry(e)).collect();
             let end_lsn = if n == last { end_lsn } else { None };
+            // One batch in flight at most: batches reach Redis in order.
+            Self::settle(state).await?;
             if wait && n == last {
-                Self::settle(state).await?;
                 self.run_script(&entries, end_lsn, &epoch).await?;
-                continue;
+            } else {
+                let runner = Arc::clone(&self.runner);
+                let epoch = epoch.clone();
+                state.in_flight = Some(tokio::spawn(async move {
+                    runner.run(&entries, end_lsn, &epoch).await
+                }));
             }
-            while state.in_flight.len() >= MAX_IN_FLIGHT {
-                if let Some((batch, _)) = state.in_flight.pop_front() {
-                    batch.finish().await?;
-                }
-            }
-            let chain = Chain {
-                expect: state.in_flight.back().map(|(_, token)| token.clone()),
-                token: self.runner.next_token(),
-            };
-            let token = chain.token.clone();
-            let runner = Arc::clone(&self.runner);
-            let epoch = epoch.clone();
-            // Polled once now: that queues the request on the connection,
-            // so batches are sent in order (the chain refuses any that is not).
-            let batch = InFlight::start(Box::pin(async move { runner.run(&entries, end_lsn, &epoch, &chain).await })).await;
-            state.in_flight.push_back((batch, token));
         }
         Ok(())
     }
