@@ -60,19 +60,28 @@ pub async fn setup(
 ) -> Result<ExitCode, AppError> {
     let mut failed = 0;
     for tenant in selected(config, tenant)? {
-        match setup_one(tenant, dry_run).await {
-            Ok(()) => {}
-            Err(err) => {
-                failed += 1;
-                eprintln!("walcast: {}", crate::tenant::error_chain(&err));
-            }
+        failed += report(setup_one(tenant, dry_run).await);
+    }
+    Ok(exit_code(failed))
+}
+
+/// Prints a tenant's failure (the whole chain, one line); 1 if it failed.
+fn report(result: Result<(), SourceError>) -> usize {
+    match result {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("walcast: {}", crate::tenant::error_chain(&err));
+            1
         }
     }
-    Ok(if failed == 0 {
+}
+
+fn exit_code(failed: usize) -> ExitCode {
+    if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    })
+    }
 }
 
 async fn setup_one(tenant: &TenantConfig, dry_run: bool) -> Result<(), SourceError> {
@@ -142,16 +151,9 @@ pub async fn slots(
 ) -> Result<ExitCode, AppError> {
     let mut failed = 0;
     for tenant in selected(config, tenant)? {
-        if let Err(err) = slots_one(tenant, drop, yes).await {
-            failed += 1;
-            eprintln!("walcast: {}", crate::tenant::error_chain(&err));
-        }
+        failed += report(slots_one(tenant, drop, yes).await);
     }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(exit_code(failed))
 }
 
 async fn slots_one(tenant: &TenantConfig, drop: bool, yes: bool) -> Result<(), SourceError> {
