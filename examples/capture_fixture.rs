@@ -22,18 +22,9 @@ const DEFAULT_OUT: &str = "benches/fixtures/tasks_100k.pgoutput.gz";
 const TXNS: u32 = 500;
 const ROWS_PER_TXN: u32 = 100;
 
-/// The tasks table of tests/common (bigint id, text status, float progress,
-/// jsonb payload, text[] tags, timestamptz, uuid).
-const DDL: &str = "
-create table tasks (
-    id bigint primary key,
-    status text not null,
-    progress float8,
-    payload jsonb,
-    tags text[],
-    updated_at timestamptz,
-    owner uuid
-);
+/// The publication and slot for the shared tasks table
+/// (`walcast::localdev::TASKS_TABLE_DDL`).
+const SETUP: &str = "
 create publication p for table tasks;
 select pg_create_logical_replication_slot('bench', 'pgoutput');
 ";
@@ -45,7 +36,9 @@ fn main() {
     let pg = LocalPostgres::start().unwrap_or_else(|e| panic!("starting postgres: {e}"));
     pg.psql("postgres", "create database platform")
         .expect("create database");
-    pg.psql("platform", DDL).expect("schema");
+    pg.psql("platform", walcast::localdev::TASKS_TABLE_DDL)
+        .expect("schema");
+    pg.psql("platform", SETUP).expect("publication and slot");
 
     // psql runs each statement in its own transaction (autocommit).
     let mut sql = String::new();

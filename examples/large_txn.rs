@@ -15,18 +15,6 @@ use std::time::{Duration, Instant};
 
 use walcast::localdev::LocalPostgres;
 
-const DDL: &str = "
-create table tasks (
-    id bigint primary key,
-    status text not null,
-    progress float8,
-    payload jsonb,
-    tags text[],
-    updated_at timestamptz,
-    owner uuid
-);
-";
-
 fn main() {
     let mut args = std::env::args().skip(1);
     let bin = args
@@ -40,7 +28,8 @@ fn main() {
     let pg = LocalPostgres::start().unwrap_or_else(|e| panic!("starting postgres: {e}"));
     pg.psql("postgres", "create database platform")
         .expect("create database");
-    pg.psql("platform", DDL).expect("schema");
+    pg.psql("platform", walcast::localdev::TASKS_TABLE_DDL)
+        .expect("schema");
     let dir = std::env::temp_dir().join(format!("walcast-large-txn-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("walcast.toml");

@@ -118,6 +118,20 @@ impl LocalError {
     }
 }
 
+/// The tasks table the tests, examples and benchmarks share (bigint id, text
+/// status, float progress, jsonb payload, text[] tags, timestamptz, uuid).
+pub const TASKS_TABLE_DDL: &str = "
+create table tasks (
+    id bigint primary key,
+    status text not null,
+    progress float8,
+    payload jsonb,
+    tags text[],
+    updated_at timestamptz,
+    owner uuid
+);
+";
+
 /// Returns a TCP port on 127.0.0.1 that is free right now: binds port 0, reads
 /// the port the kernel picked and releases it again. Someone else may grab it
 /// before it is used, which is why server starts retry with another port.

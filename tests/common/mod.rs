@@ -22,18 +22,8 @@ pub struct TenantDb {
     pub pg: LocalPostgres,
 }
 
-pub const TASKS_DDL: &str = "
-create table tasks (
-    id bigint primary key,
-    status text not null,
-    progress float8,
-    payload jsonb,
-    tags text[],
-    updated_at timestamptz,
-    owner uuid
-);
-create table environments (id int primary key, name varchar(40), active bool);
-";
+pub const ENVIRONMENTS_DDL: &str =
+    "create table environments (id int primary key, name varchar(40), active bool);";
 
 impl TenantDb {
     pub fn start() -> TenantDb {
@@ -45,7 +35,10 @@ impl TenantDb {
             LocalPostgres::start_with(options).unwrap_or_else(|e| panic!("starting postgres: {e}"));
         pg.psql("postgres", "create database platform")
             .expect("create database");
-        pg.psql("platform", TASKS_DDL).expect("create tables");
+        pg.psql("platform", walcast::localdev::TASKS_TABLE_DDL)
+            .expect("create the tasks table");
+        pg.psql("platform", ENVIRONMENTS_DDL)
+            .expect("create the environments table");
         TenantDb { pg }
     }
 
