@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, RedisConfig, TenantConfig};
 use crate::http::TenantStates;
+use crate::hub::TenantHub;
 use crate::sink::{EventSink, MemoryRing, RedisSink, StdoutSink, TeeSink};
 use crate::source::SlotKind;
 use crate::tenant::{run_tenant, PipelineError, PipelineOptions, TenantState};
@@ -116,6 +117,7 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
         stdout: Arc::new(StdoutSink::default()),
         redis,
         states: TenantStates::default(),
+        hubs: crate::hub::Hubs::default(),
         running: BTreeMap::new(),
         config,
     };
@@ -129,7 +131,18 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
             started,
             ready_grace: grace,
         });
-        crate::http::serve(listeners, state, root.clone(), &tracker);
+        let server = tenants.config.server.clone();
+        let client = server.as_ref().map(|server| {
+            let ctx = Arc::new(crate::http::ClientContext {
+                hubs: tenants.hubs.clone(),
+                auth: crate::auth::Authenticator::new(&tenants.config.auth),
+                heartbeat: server.heartbeat,
+                max_subscriptions: server.max_subscriptions,
+                shutdown: root.clone(),
+            });
+            (ctx, server)
+        });
+        crate::http::serve(listeners, state, client, root.clone(), &tracker);
     }
     spawn_systemd_notifier(
         Arc::clone(&tenants.states),
@@ -157,6 +170,8 @@ struct Tenants {
     stdout: Arc<dyn EventSink>,
     redis: Option<redis::aio::ConnectionManager>,
     states: TenantStates,
+    /// Every tenant's delivery hub, read by the HTTP server.
+    hubs: crate::hub::Hubs,
     running: BTreeMap<String, RunningTenant>,
     config: Config,
 }
@@ -172,22 +187,53 @@ impl Tenants {
         let (state_tx, state_rx) = watch::channel(TenantState::Starting);
         let id = tenant.id.to_string();
         let cancel = self.root.child_token();
+        let queue = self
+            .config
+            .server
+            .as_ref()
+            .map_or(crate::config::DEFAULT_SUBSCRIBER_QUEUE, |s| {
+                s.subscriber_queue
+            });
         let (sink, options) = match (&self.config.redis, &self.redis) {
             (Some(redis_config), Some(conn)) => {
                 let mirror = Arc::new(RedisSink::new(&tenant, redis_config, conn.clone()));
+                let history = crate::hub::History::Redis {
+                    conn: conn.clone(),
+                    keys: mirror.keys().clone(),
+                };
+                let hub = TenantHub::new(&tenant, history, tenant.mirror.clone(), queue);
+                let fanout = Arc::clone(&hub.fanout);
+                mirror.set_on_durable(Arc::new(move |events| fanout.publish(events)));
+                self.hubs.insert(Arc::clone(&hub));
                 let options = PipelineOptions {
                     mirror: Some(Arc::clone(&mirror)),
+                    hub: Some(hub),
                     slot_lag_warn_bytes: self.config.slot_lag_warn_bytes,
                     ..PipelineOptions::default()
                 };
                 (mirror as Arc<dyn EventSink>, options)
             }
             _ => {
-                let ring: Arc<dyn EventSink> =
-                    Arc::new(MemoryRing::new(crate::sink::memory::DEFAULT_RING_EVENTS));
-                let tee: Arc<dyn EventSink> =
-                    Arc::new(TeeSink::new(vec![Arc::clone(&self.stdout), ring]));
+                let ring = Arc::new(MemoryRing::new(crate::sink::memory::DEFAULT_RING_EVENTS));
+                let hub = TenantHub::new(
+                    &tenant,
+                    crate::hub::History::Ring(Arc::clone(&ring)),
+                    Vec::new(),
+                    queue,
+                );
+                let fanout = Arc::clone(&hub.fanout);
+                ring.set_on_commit(Arc::new(move |events| {
+                    fanout.publish(events.iter().map(|e| &**e))
+                }));
+                self.hubs.insert(Arc::clone(&hub));
+                let mut sinks: Vec<Arc<dyn EventSink>> = Vec::new();
+                if self.config.print_events {
+                    sinks.push(Arc::clone(&self.stdout));
+                }
+                sinks.push(ring);
+                let tee: Arc<dyn EventSink> = Arc::new(TeeSink::new(sinks));
                 let options = PipelineOptions {
+                    hub: Some(hub),
                     slot_lag_warn_bytes: self.config.slot_lag_warn_bytes,
                     ..PipelineOptions::default()
                 };
@@ -236,6 +282,8 @@ impl Tenants {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        // Its subscribers are told, and can resume once it is back.
+        self.hubs.remove(id);
     }
 
     /// SIGHUP: re-read the file and apply what changed in the tenants.
@@ -375,6 +423,7 @@ pub async fn tail(
         create_missing: !temporary_slot,
         give_up_on_definite: true,
         mirror: None,
+        hub: None,
         slot_lag_warn_bytes: config.slot_lag_warn_bytes,
     };
     spawn_signal_handler(root.clone())?;

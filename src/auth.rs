@@ -633,6 +633,11 @@ impl Authenticator {
         }
     }
 
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub fn leeway_secs(&self) -> u64 {
+        self.config.leeway_secs
+    }
+
     pub fn allow_anonymous(&self) -> bool {
         self.config.allow_anonymous
     }
@@ -872,6 +877,15 @@ impl Principal {
                 ..
             }) => Ok(filters.clone()),
         }
+    }
+
+    /// Whether logical messages (`pg_logical_emit_message`) may be read:
+    /// they belong to no table, so only a role with a `table = "*"` rule
+    /// without filters may see them.
+    pub fn may_read_messages(&self) -> bool {
+        self.access
+            .iter()
+            .any(|a| a.table == TableMatch::Any && matches!(&a.filters, Ok(f) if f.is_empty()))
     }
 
     /// Whether the token has expired at `now_unix` (with the configured

@@ -1,8 +1,16 @@
 //! Row filters in PostgREST style, `column=op.value`: parsed once, evaluated
-//! against a row image. Used by mirror rules (`hot_when`) and, later, by
+//! against a row image. Used by mirror rules (`hot_when`), access rules and
 //! subscriptions. Operators: eq, neq, lt, lte, gt, gte, `in.(a,b)`, `is.null`,
-//! `not.is.null`. Values compare by the column's JSON type: numbers as
-//! numbers, booleans as booleans, everything else as text.
+//! `not.is.null`.
+//!
+//! Values compare by the column's type. When the type's category is known
+//! (`ColumnKind`, from the catalog; subscriptions have it): numbers compare
+//! exactly as decimals (a `numeric` with 30 digits too, never through a
+//! double), date/time values as instants (a literal may use another offset
+//! or a space instead of `T`), booleans as booleans, the rest as text.
+//! Without a kind (mirror rules), the event's JSON type decides: numbers as
+//! numbers, booleans as booleans, text that reads as a timestamp against a
+//! literal that reads as one as instants, other text as text.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -29,6 +37,44 @@ pub enum FilterOp {
     In(Vec<String>),
     IsNull,
     NotNull,
+}
+
+/// How a column's values compare: the category of its type
+/// (`pg_type.typcategory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// Integers, floats, numeric, money-free numbers (`N`).
+    Number,
+    Bool,
+    /// date, time, timetz, timestamp, timestamptz (`D`).
+    Time,
+    /// Strings, enums, uuid, network addresses, intervals, …: as text.
+    Text,
+    /// Arrays, composites, ranges, json: only `is.null` and `not.is.null`.
+    Structured,
+}
+
+impl ColumnKind {
+    /// The kind of a `pg_type.typcategory` letter.
+    pub fn from_category(category: u8) -> ColumnKind {
+        match category {
+            b'N' => ColumnKind::Number,
+            b'B' => ColumnKind::Bool,
+            b'D' => ColumnKind::Time,
+            b'A' | b'C' | b'R' | b'P' => ColumnKind::Structured,
+            _ => ColumnKind::Text,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            ColumnKind::Number => "a number",
+            ColumnKind::Bool => "a boolean",
+            ColumnKind::Time => "a date/time",
+            ColumnKind::Text => "text",
+            ColumnKind::Structured => "an array, composite, range or json value",
+        }
+    }
 }
 
 /// Why a filter text is not a filter.
@@ -87,27 +133,89 @@ impl RowFilter {
         })
     }
 
-    /// Whether the row passes. A column the row does not carry never passes
-    /// (it may be an unchanged TOAST value: unknown is not a match).
+    /// Whether the row passes, comparing by the event's JSON types. A column
+    /// the row does not carry never passes (it may be an unchanged TOAST
+    /// value: unknown is not a match).
     pub fn matches(&self, row: &RowImage) -> bool {
+        self.matches_as(row, None)
+    }
+
+    /// Whether the row passes, comparing as `kind` says (when known).
+    pub fn matches_as(&self, row: &RowImage, kind: Option<ColumnKind>) -> bool {
         let Some(value) = row.get(&self.column) else {
             return false;
         };
+        let cmp = |literal: &str| compare(value, literal, kind);
         match &self.op {
             FilterOp::IsNull => *value == Datum::Null,
             FilterOp::NotNull => *value != Datum::Null,
-            FilterOp::Eq(v) => compare(value, v) == Some(Ordering::Equal),
-            FilterOp::Neq(v) => matches!(compare(value, v), Some(o) if o != Ordering::Equal),
-            FilterOp::Lt(v) => compare(value, v) == Some(Ordering::Less),
-            FilterOp::Lte(v) => matches!(compare(value, v), Some(Ordering::Less | Ordering::Equal)),
-            FilterOp::Gt(v) => compare(value, v) == Some(Ordering::Greater),
-            FilterOp::Gte(v) => {
-                matches!(compare(value, v), Some(Ordering::Greater | Ordering::Equal))
-            }
-            FilterOp::In(list) => list
-                .iter()
-                .any(|v| compare(value, v) == Some(Ordering::Equal)),
+            FilterOp::Eq(v) => cmp(v) == Some(Ordering::Equal),
+            FilterOp::Neq(v) => matches!(cmp(v), Some(o) if o != Ordering::Equal),
+            FilterOp::Lt(v) => cmp(v) == Some(Ordering::Less),
+            FilterOp::Lte(v) => matches!(cmp(v), Some(Ordering::Less | Ordering::Equal)),
+            FilterOp::Gt(v) => cmp(v) == Some(Ordering::Greater),
+            FilterOp::Gte(v) => matches!(cmp(v), Some(Ordering::Greater | Ordering::Equal)),
+            FilterOp::In(list) => list.iter().any(|v| cmp(v) == Some(Ordering::Equal)),
         }
+    }
+
+    /// Checks the filter's literals against the column's kind, so that a
+    /// filter that could never match is refused up front with the reason.
+    pub fn check_kind(&self, kind: ColumnKind) -> Result<(), FilterError> {
+        let literals: Vec<&String> = match &self.op {
+            FilterOp::IsNull | FilterOp::NotNull => return Ok(()),
+            FilterOp::Eq(v)
+            | FilterOp::Neq(v)
+            | FilterOp::Lt(v)
+            | FilterOp::Lte(v)
+            | FilterOp::Gt(v)
+            | FilterOp::Gte(v) => vec![v],
+            FilterOp::In(list) => list.iter().collect(),
+        };
+        let ordering = matches!(
+            self.op,
+            FilterOp::Lt(_) | FilterOp::Lte(_) | FilterOp::Gt(_) | FilterOp::Gte(_)
+        );
+        let err = |problem: String| FilterError {
+            text: self.to_string(),
+            problem,
+        };
+        for literal in literals {
+            let fits = match kind {
+                ColumnKind::Number => Number::parse(literal).is_some(),
+                ColumnKind::Bool => {
+                    if ordering {
+                        return Err(err(format!(
+                            "column {} is a boolean: use eq, neq or in",
+                            self.column
+                        )));
+                    }
+                    literal == "true" || literal == "false"
+                }
+                ColumnKind::Time => instant(literal).is_some(),
+                ColumnKind::Text => true,
+                ColumnKind::Structured => {
+                    return Err(err(format!(
+                        "column {} holds {}: it can only be filtered with is.null or not.is.null",
+                        self.column,
+                        kind.describe()
+                    )))
+                }
+            };
+            if !fits {
+                let example = match kind {
+                    ColumnKind::Number => "a number like 42 or 0.5",
+                    ColumnKind::Bool => "true or false",
+                    _ => "an ISO 8601 date or timestamp like 2026-11-28 or 2026-11-28T03:14:02Z",
+                };
+                return Err(err(format!(
+                    "{literal:?} is not {} but column {} is; write {example}",
+                    kind.describe(),
+                    self.column
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -144,23 +252,241 @@ fn split_list(inner: &str) -> Vec<String> {
     out
 }
 
-/// Compares a value with a filter literal by the value's type; `None` when
-/// they cannot be compared (NULL, arrays, a non-number against a number).
-fn compare(value: &Datum, literal: &str) -> Option<Ordering> {
-    match value {
-        Datum::Null | Datum::Array(_) | Datum::Object(_) => None,
-        Datum::Int(i) => match literal.parse::<i64>() {
+/// Compares a value with a filter literal; `None` when they cannot be
+/// compared (NULL, arrays, a non-number against a number).
+fn compare(value: &Datum, literal: &str, kind: Option<ColumnKind>) -> Option<Ordering> {
+    match (value, kind) {
+        (Datum::Null | Datum::Array(_) | Datum::Object(_), _) => None,
+        (_, Some(ColumnKind::Structured)) => None,
+        (Datum::Int(i), _) => match literal.parse::<i64>() {
             Ok(l) => Some(i.cmp(&l)),
-            Err(_) => (*i as f64).partial_cmp(&literal.parse::<f64>().ok()?),
+            Err(_) => Number::parse(&i.to_string())?.partial_cmp(&Number::parse(literal)?),
         },
-        Datum::Float(f) => f.partial_cmp(&literal.parse::<f64>().ok()?),
-        Datum::Bool(b) => match literal {
+        (Datum::Float(f), _) => {
+            Number::parse(&f.to_string())?.partial_cmp(&Number::parse(literal)?)
+        }
+        (Datum::Bool(b), _) => match literal {
             "true" => Some(b.cmp(&true)),
             "false" => Some(b.cmp(&false)),
             _ => None,
         },
-        Datum::Text(s) | Datum::Json(s) => Some(s.as_str().cmp(literal)),
+        // numeric (and NaN/Infinity of floats) travel as strings.
+        (Datum::Text(s), Some(ColumnKind::Number)) => {
+            Number::parse(s)?.partial_cmp(&Number::parse(literal)?)
+        }
+        (Datum::Text(s), Some(ColumnKind::Time)) => Some(instant(s)?.cmp(&instant(literal)?)),
+        (Datum::Text(s), None) => match (looks_like_time(s), instant(literal)) {
+            (true, Some(l)) => Some(instant(s)?.cmp(&l)),
+            _ => Some(s.as_str().cmp(literal)),
+        },
+        (Datum::Text(s) | Datum::Json(s), _) => Some(s.as_str().cmp(literal)),
     }
+}
+
+/// A decimal number compared exactly: `0.d1d2… × 10^exp`, or a special.
+#[derive(Debug, PartialEq)]
+enum Number {
+    NegInfinity,
+    Finite {
+        negative: bool,
+        /// Significant digits, without leading or trailing zeros (empty: zero).
+        digits: Vec<u8>,
+        exp: i64,
+    },
+    Infinity,
+    /// Postgres sorts NaN above every number; so does walcast.
+    NaN,
+}
+
+impl Number {
+    fn parse(text: &str) -> Option<Number> {
+        let text = text.trim();
+        match text {
+            "NaN" | "nan" => return Some(Number::NaN),
+            "Infinity" | "infinity" | "+Infinity" | "inf" => return Some(Number::Infinity),
+            "-Infinity" | "-infinity" | "-inf" => return Some(Number::NegInfinity),
+            _ => {}
+        }
+        let (negative, rest) = match text.as_bytes().first()? {
+            b'-' => (true, &text[1..]),
+            b'+' => (false, &text[1..]),
+            _ => (false, text),
+        };
+        let (mantissa, exponent) = match rest.find(['e', 'E']) {
+            Some(at) => (&rest[..at], rest[at + 1..].parse::<i64>().ok()?),
+            None => (rest, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        if int.is_empty() && frac.is_empty()
+            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+            || exponent.unsigned_abs() > 1_000_000
+        {
+            return None;
+        }
+        let all: Vec<u8> = int.bytes().chain(frac.bytes()).collect();
+        let leading = all.iter().take_while(|&&d| d == b'0').count();
+        let mut digits = all[leading..].to_vec();
+        while digits.last() == Some(&b'0') {
+            digits.pop();
+        }
+        let exp = int.len() as i64 - leading as i64 + exponent;
+        Some(Number::Finite {
+            negative: negative && !digits.is_empty(),
+            exp: if digits.is_empty() { 0 } else { exp },
+            digits,
+        })
+    }
+
+    fn rank(&self) -> u8 {
+        match self {
+            Number::NegInfinity => 0,
+            Number::Finite { .. } => 1,
+            Number::Infinity => 2,
+            Number::NaN => 3,
+        }
+    }
+}
+
+impl PartialOrd for Number {
+    fn partial_cmp(&self, other: &Number) -> Option<Ordering> {
+        let (
+            Number::Finite {
+                negative: an,
+                digits: ad,
+                exp: ae,
+            },
+            Number::Finite {
+                negative: bn,
+                digits: bd,
+                exp: be,
+            },
+        ) = (self, other)
+        else {
+            return Some(self.rank().cmp(&other.rank()));
+        };
+        let magnitude =
+            |d: &Vec<u8>, e: i64, od: &Vec<u8>, oe: i64| match (d.is_empty(), od.is_empty()) {
+                (true, true) => Ordering::Equal,
+                (true, false) => Ordering::Less,
+                (false, true) => Ordering::Greater,
+                (false, false) => e.cmp(&oe).then_with(|| d.cmp(od)),
+            };
+        Some(match (an, bn) {
+            (false, true) => Ordering::Greater,
+            (true, false) => Ordering::Less,
+            (false, false) => magnitude(ad, *ae, bd, *be),
+            (true, true) => magnitude(bd, *be, ad, *ae),
+        })
+    }
+}
+
+/// Whether event text has the shape of a date or timestamp (`YYYY-MM-DD…`).
+fn looks_like_time(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() >= 10 && b[4] == b'-' && b[7] == b'-' && b[..4].iter().all(u8::is_ascii_digit)
+}
+
+/// A date, time or timestamp as microseconds (since 1970-01-01 UTC for
+/// dates and timestamps, since midnight for times), comparable across
+/// offsets. Text without an offset counts as UTC. `±infinity` sort last and
+/// first. Accepts `YYYY-MM-DD`, `YYYY-MM-DD[T ]HH:MM[:SS[.f]][Z|±HH[:MM]]`
+/// and `HH:MM[:SS[.f]][Z|±HH[:MM]]`.
+fn instant(text: &str) -> Option<i128> {
+    let text = text.trim();
+    match text {
+        "infinity" | "+infinity" => return Some(i128::MAX),
+        "-infinity" => return Some(i128::MIN),
+        _ => {}
+    }
+    let b = text.as_bytes();
+    // A time of day alone: HH:MM…
+    if b.len() >= 5 && b[2] == b':' {
+        return time_of_day(text);
+    }
+    // [-]YYYY…-MM-DD
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text),
+    };
+    let year_end = rest.find('-')?;
+    let year: i64 = rest[..year_end].parse().ok().filter(|_| year_end >= 4)?;
+    let year = if negative { -year } else { year };
+    let rest = &rest[year_end + 1..];
+    let month: u32 = rest.get(..2)?.parse().ok()?;
+    let day: u32 = rest
+        .get(3..5)
+        .filter(|_| rest.as_bytes().get(2) == Some(&b'-'))?
+        .parse()
+        .ok()?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let rest = &rest[5..];
+    let time = match rest.as_bytes().first() {
+        None => 0,
+        Some(b'T' | b't' | b' ') => time_of_day(&rest[1..])?,
+        Some(_) => return None,
+    };
+    Some(i128::from(days) * 86_400_000_000 + time)
+}
+
+/// `HH:MM[:SS[.fraction]][Z|±HH[:MM]]` → microseconds (minus the offset).
+fn time_of_day(text: &str) -> Option<i128> {
+    let zone_at = text.find(['Z', 'z', '+', '-']).unwrap_or(text.len());
+    let (clock, zone) = text.split_at(zone_at);
+    let mut parts = clock.split(':');
+    let hours: i128 = parse_two(parts.next()?)?;
+    let minutes: i128 = parse_two(parts.next()?)?;
+    let micros = match parts.next() {
+        None => 0,
+        Some(sec) => {
+            let (whole, frac) = sec.split_once('.').unwrap_or((sec, ""));
+            if frac.len() > 9 || !frac.bytes().all(|d| d.is_ascii_digit()) {
+                return None;
+            }
+            let mut frac_micros: i128 = 0;
+            for d in frac.bytes().chain(std::iter::repeat(b'0')).take(6) {
+                frac_micros = frac_micros * 10 + i128::from(d - b'0');
+            }
+            parse_two(whole)? * 1_000_000 + frac_micros
+        }
+    };
+    if parts.next().is_some() || hours > 24 || minutes > 59 || micros > 60_999_999 {
+        return None;
+    }
+    let offset_secs: i128 = match zone {
+        "" | "Z" | "z" => 0,
+        _ => {
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            let z = &zone[1..];
+            let (h, m) = match (z.len(), z.split_once(':')) {
+                (_, Some((h, m))) => (parse_two(h)?, parse_two(m)?),
+                (2, None) => (parse_two(z)?, 0),
+                (4, None) => (parse_two(&z[..2])?, parse_two(&z[2..])?),
+                _ => return None,
+            };
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    Some((hours * 3600 + minutes * 60 - offset_secs) * 1_000_000 + micros)
+}
+
+fn parse_two(text: &str) -> Option<i128> {
+    (text.len() == 2 && text.bytes().all(|d| d.is_ascii_digit()))
+        .then(|| text.parse().ok())
+        .flatten()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -200,6 +526,89 @@ mod tests {
         assert!(!m("finished_at=eq.null"), "NULL equals nothing");
         assert!(!m("missing=eq.1"), "absent column never matches");
         assert!(!m("id=eq.abc"), "a number never equals a non-number");
+    }
+
+    #[test]
+    fn numbers_compare_exactly_as_decimals() {
+        let big = RowImage(vec![(
+            "amount".into(),
+            Datum::Text("123456789012345678901234567890.000000000000000001".into()),
+        )]);
+        let t = |f: &str| {
+            RowFilter::parse(f)
+                .unwrap()
+                .matches_as(&big, Some(ColumnKind::Number))
+        };
+        assert!(t("amount=gt.123456789012345678901234567890"));
+        assert!(
+            !t("amount=eq.123456789012345678901234567890"),
+            "a double would call these equal"
+        );
+        assert!(t(
+            "amount=lt.123456789012345678901234567890.00000000000000001"
+        ));
+        assert!(t("amount=gte.1.2e29"));
+        assert!(t("amount=lt.Infinity") && t("amount=gt.-Infinity"));
+        let n = |a: &str, b: &str| {
+            Number::parse(a)
+                .unwrap()
+                .partial_cmp(&Number::parse(b).unwrap())
+        };
+        assert_eq!(n("0.50", ".5"), Some(Ordering::Equal));
+        assert_eq!(n("-0", "0"), Some(Ordering::Equal));
+        assert_eq!(n("-2", "-10"), Some(Ordering::Greater));
+        assert_eq!(n("9", "10"), Some(Ordering::Less));
+        assert_eq!(n("NaN", "Infinity"), Some(Ordering::Greater));
+        assert!(
+            Number::parse("1.2.3").is_none()
+                && Number::parse("abc").is_none()
+                && Number::parse("").is_none()
+        );
+    }
+
+    #[test]
+    fn times_compare_as_instants() {
+        let row = RowImage(vec![
+            ("at".into(), Datum::Text("2026-11-28T03:14:02.5Z".into())),
+            ("day".into(), Datum::Text("2026-11-28".into())),
+            ("end".into(), Datum::Text("infinity".into())),
+        ]);
+        let t = |f: &str| {
+            RowFilter::parse(f)
+                .unwrap()
+                .matches_as(&row, Some(ColumnKind::Time))
+        };
+        assert!(
+            t("at=eq.2026-11-28T04:14:02.500+01:00"),
+            "same instant, other offset"
+        );
+        assert!(t("at=gt.2026-11-28 03:14:02Z"));
+        assert!(t("at=lt.2026-11-28T03:14:03"));
+        assert!(t("at=gte.2026-11-28"));
+        assert!(t("day=lt.2026-11-29") && t("day=eq.2026-11-28T00:00:00Z"));
+        assert!(t("end=gt.9999-12-31"));
+        // Without a kind, a timestamp-shaped value still compares as an instant.
+        assert!(RowFilter::parse("at=eq.2026-11-28T04:14:02.5+01:00")
+            .unwrap()
+            .matches(&row));
+        assert!(instant("2026-13-01").is_none() && instant("yesterday").is_none());
+        assert_eq!(instant("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(instant("-0043-03-15").map(|m| m < 0), Some(true));
+    }
+
+    #[test]
+    fn literals_are_checked_against_the_column_kind() {
+        let check = |f: &str, kind| RowFilter::parse(f).unwrap().check_kind(kind);
+        assert!(check("progress=gt.0.5", ColumnKind::Number).is_ok());
+        let err = check("progress=gt.half", ColumnKind::Number)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"half\" is not a number"), "{err}");
+        assert!(check("done=gt.true", ColumnKind::Bool).is_err());
+        assert!(check("at=gte.soon", ColumnKind::Time).is_err());
+        assert!(check("tags=eq.x", ColumnKind::Structured).is_err());
+        assert!(check("tags=is.null", ColumnKind::Structured).is_ok());
+        assert!(check("id=in.(1,x)", ColumnKind::Number).is_err());
     }
 
     #[test]

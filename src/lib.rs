@@ -40,6 +40,7 @@ pub mod decode;
 pub mod demo;
 pub mod filter;
 pub mod http;
+pub mod hub;
 pub mod localdev;
 pub mod metrics;
 pub mod model;

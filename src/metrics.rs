@@ -34,6 +34,22 @@ pub const SNAPSHOT_ROWS_TOTAL: &str = "walcast_snapshot_rows";
 pub const REDIS_WRITE_SECONDS: &str = "walcast_redis_write_seconds";
 /// Failed Redis writes (each is retried).
 pub const REDIS_WRITE_ERRORS: &str = "walcast_redis_write_errors_total";
+/// Label key: the transport of a subscriber (`sse`, `ws`).
+pub const TRANSPORT: &str = "transport";
+/// Label key: why a request was refused (the error code).
+pub const REASON: &str = "reason";
+/// Subscribers connected now, by transport (and tenant).
+pub const DELIVERY_SUBSCRIBERS: &str = "walcast_delivery_subscribers";
+/// Events handed to subscribers' queues.
+pub const DELIVERY_EVENTS: &str = "walcast_delivery_events_total";
+/// Events a subscriber's full queue could not take (it is cut off).
+pub const DELIVERY_DROPPED: &str = "walcast_delivery_dropped_events_total";
+/// Subscribers cut off because they did not keep up.
+pub const DELIVERY_SLOW_DISCONNECTS: &str = "walcast_delivery_slow_disconnects_total";
+/// Requests refused by authentication or access rules, by reason.
+pub const DELIVERY_AUTH_FAILURES: &str = "walcast_delivery_auth_failures_total";
+/// Gaps sent to clients (retention, resync), by reason.
+pub const DELIVERY_GAPS: &str = "walcast_delivery_gaps_total";
 
 /// Registers the descriptions (once, at start-up, after installing a recorder).
 pub fn describe() {
@@ -82,6 +98,24 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Time to write one batch to Redis."
     );
+    metrics::describe_gauge!(
+        DELIVERY_SUBSCRIBERS,
+        "Subscribers connected now, by tenant and transport."
+    );
+    metrics::describe_counter!(DELIVERY_EVENTS, "Events handed to subscribers' queues.");
+    metrics::describe_counter!(
+        DELIVERY_DROPPED,
+        "Events a subscriber's full queue could not take (the subscriber is cut off)."
+    );
+    metrics::describe_counter!(
+        DELIVERY_SLOW_DISCONNECTS,
+        "Subscribers cut off because they did not keep up."
+    );
+    metrics::describe_counter!(
+        DELIVERY_AUTH_FAILURES,
+        "Requests refused by token checks or access rules, by reason."
+    );
+    metrics::describe_counter!(DELIVERY_GAPS, "Gaps sent to clients, by reason.");
     metrics::describe_counter!(
         REDIS_WRITE_ERRORS,
         "Failed Redis batch writes (each is retried)."

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub(crate) use validate::parse_table;
 pub use validate::{
     MirrorFormat, MirrorRule, PgConnInfo, PgHost, RedisConfig, SslMode, TenantConfig, TenantId,
 };
@@ -40,6 +41,8 @@ pub struct Config {
     pub server: Option<ServerConfig>,
     /// Without it: no mirror, events only in memory and on standard output.
     pub redis: Option<RedisConfig>,
+    /// Without `[redis]`: also print every event to standard output.
+    pub print_events: bool,
     /// Token keys, claims and access rules; without `[auth]` every request is refused.
     pub auth: crate::auth::AuthConfig,
 }
@@ -57,7 +60,26 @@ pub struct ServerConfig {
     /// `/readyz` reports ready during this long after start even while
     /// tenants are still connecting.
     pub ready_grace: Duration,
+    /// Browser origins allowed to call the client API (CORS); `*` allows any.
+    /// Empty: no CORS headers (same-origin pages and non-browser clients only).
+    pub cors_origins: Vec<String>,
+    /// Events queued per subscription before the client counts as too slow
+    /// and is cut off (with the id to resume from).
+    pub subscriber_queue: usize,
+    /// How often idle SSE streams get a comment and WebSockets a ping.
+    pub heartbeat: Duration,
+    /// Subscriptions one WebSocket may hold at once.
+    pub max_subscriptions: usize,
+    /// Serve the inspector page at `/`.
+    pub inspector: bool,
 }
+
+/// Default of `[server] subscriber_queue`.
+pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 1024;
+/// Default of `[server] heartbeat_secs`.
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
+/// Default of `[server] max_subscriptions`.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 64;
 
 /// Default of `[server] ready_grace_secs`.
 pub const DEFAULT_READY_GRACE_SECS: u64 = 30;
@@ -89,6 +111,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub slot_lag_warn_bytes: Option<Spanned<u64>>,
     #[serde(default)]
+    pub print_events: Option<bool>,
+    #[serde(default)]
     pub server: Option<RawServer>,
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
@@ -107,6 +131,16 @@ pub(crate) struct RawServer {
     pub listen: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     pub ready_grace_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub cors_origins: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub subscriber_queue: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub heartbeat_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub max_subscriptions: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub inspector: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -414,9 +414,63 @@ pub(super) fn validate(
                 Some(v) => Duration::from_secs(*v.get_ref()),
                 None => Duration::from_secs(super::DEFAULT_READY_GRACE_SECS),
             };
+            let mut cors_origins = Vec::new();
+            for origin in &server.cors_origins {
+                let text = origin.get_ref().trim_end_matches('/');
+                let valid = text == "*"
+                    || ((text.starts_with("http://") || text.starts_with("https://"))
+                        && !text["https://".len().min(text.len())..].contains('/'));
+                if !valid {
+                    return Err(at(
+                        origin.span(),
+                        format!("cors_origins entry {:?} is not an origin; write scheme://host[:port] like \"https://app.example.com\" (no path), or \"*\" for any origin", origin.get_ref()),
+                    ));
+                }
+                cors_origins.push(text.to_owned());
+            }
+            let ranged = |value: &Option<Spanned<u64>>,
+                          name: &str,
+                          min: u64,
+                          max: u64,
+                          default: u64| {
+                match value {
+                Some(v) if !(min..=max).contains(v.get_ref()) => Err(at(
+                    v.span(),
+                    format!("{name} must be between {min} and {max} (leave it out for the default of {default})"),
+                )),
+                Some(v) => Ok(*v.get_ref()),
+                None => Ok(default),
+            }
+            };
+            let subscriber_queue = ranged(
+                &server.subscriber_queue,
+                "subscriber_queue",
+                16,
+                1_000_000,
+                super::DEFAULT_SUBSCRIBER_QUEUE as u64,
+            )? as usize;
+            let heartbeat = Duration::from_secs(ranged(
+                &server.heartbeat_secs,
+                "heartbeat_secs",
+                1,
+                300,
+                super::DEFAULT_HEARTBEAT_SECS,
+            )?);
+            let max_subscriptions = ranged(
+                &server.max_subscriptions,
+                "max_subscriptions",
+                1,
+                10_000,
+                super::DEFAULT_MAX_SUBSCRIPTIONS as u64,
+            )? as usize;
             Some(super::ServerConfig {
                 listen,
                 ready_grace,
+                cors_origins,
+                subscriber_queue,
+                heartbeat,
+                max_subscriptions,
+                inspector: server.inspector.unwrap_or(true),
             })
         }
     };
@@ -429,6 +483,7 @@ pub(super) fn validate(
         slot_lag_warn_bytes,
         server,
         redis,
+        print_events: raw.print_events.unwrap_or(true),
         auth,
     })
 }
@@ -680,7 +735,7 @@ fn parse_url(url: &str) -> Result<PgConnInfo, String> {
 
 /// `schema.table` or `table` (schema `public`), plain identifiers as Postgres
 /// folds them; quote mixed-case names: `"MySchema"."MyTable"`.
-pub(super) fn parse_table(text: &str) -> Result<TableName, String> {
+pub(crate) fn parse_table(text: &str) -> Result<TableName, String> {
     let err = || {
         format!("table {text:?} is not valid: write schema.table, like \"public.tasks\" (quote mixed-case names: '\"MySchema\".\"MyTable\"')")
     };

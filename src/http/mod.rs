@@ -1,10 +1,21 @@
 //! The HTTP server: listening, routes, and the mapping of failures to status
-//! codes. It holds no database connections. For now it serves the operations
-//! endpoints (`ops`): `/healthz`, `/readyz` and `/metrics`; the client API
-//! (SSE, WebSocket, state) joins these routes.
+//! codes. It holds no database connections.
+//!
+//! - `ops`: `/healthz`, `/readyz`, `/metrics`;
+//! - `client`: what the client API routes share (context, tokens, queries,
+//!   error replies);
+//! - `sse`: `GET /v1/{tenant}/events`;
+//! - `ws`: `GET /v1/{tenant}/ws`;
+//! - `state`: `GET /v1/{tenant}/state/{schema.table}`;
+//! - the inspector page at `/` (`inspector.html`, embedded in the binary).
 
+pub mod client;
 pub mod ops;
+pub mod sse;
+pub mod state;
+pub mod ws;
 
+pub use client::ClientContext;
 pub use ops::{OpsState, TenantStates};
 
 use std::net::SocketAddr;
@@ -13,7 +24,13 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warp::Filter;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::config::ServerConfig;
+
+/// The inspector page.
+const INSPECTOR_HTML: &str = include_str!("inspector.html");
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,19 +57,191 @@ pub async fn bind(listen: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError
     Ok(listeners)
 }
 
+/// The query string, or "" when there is none.
+fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+/// The client API routes under `/v1`.
+pub fn client_routes(
+    ctx: Arc<ClientContext>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let with_ctx = {
+        let ctx = Arc::clone(&ctx);
+        warp::any().map(move || Arc::clone(&ctx))
+    };
+    let events = warp::path!("v1" / String / "events")
+        .and(warp::get())
+        .and(with_ctx.clone())
+        .and(raw_query())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("last-event-id"))
+        .map(
+            |tenant: String,
+             ctx: Arc<ClientContext>,
+             query: String,
+             authorization,
+             last_event_id| {
+                sse::events(ctx, tenant, query, authorization, last_event_id)
+            },
+        );
+    let state = warp::path!("v1" / String / "state" / String)
+        .and(warp::get())
+        .and(with_ctx.clone())
+        .and(raw_query())
+        .and(warp::header::optional::<String>("authorization"))
+        .then(
+            |tenant: String,
+             table: String,
+             ctx: Arc<ClientContext>,
+             query: String,
+             authorization| async move {
+                let table = percent_decoded(&table);
+                state::state(ctx, tenant, table, query, authorization).await
+            },
+        );
+    let ws = warp::path!("v1" / String / "ws")
+        .and(warp::get())
+        .and(with_ctx)
+        .and(raw_query())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::ws())
+        .map(
+            |tenant: String,
+             ctx: Arc<ClientContext>,
+             query: String,
+             authorization: Option<String>,
+             upgrade: warp::ws::Ws| {
+                upgrade_ws(ctx, tenant, query, authorization, upgrade)
+            },
+        );
+    events.or(state).unify().or(ws).unify()
+}
+
+fn upgrade_ws(
+    ctx: Arc<ClientContext>,
+    tenant: String,
+    raw_query: String,
+    authorization: Option<String>,
+    upgrade: warp::ws::Ws,
+) -> Response {
+    let (hub, _query, principal) = match ctx.open(&tenant, &raw_query, authorization.as_deref()) {
+        Ok(opened) => opened,
+        Err(reply) => return reply,
+    };
+    upgrade
+        .max_message_size(ws::MAX_CLIENT_MESSAGE_BYTES)
+        .max_frame_size(ws::MAX_CLIENT_MESSAGE_BYTES)
+        .on_upgrade(move |socket| ws::session(socket, ctx, hub, principal))
+        .into_response()
+}
+
+/// A path segment with `%XX` decoded (`public.%22My%20Table%22`).
+fn percent_decoded(segment: &str) -> String {
+    client::Query::parse(&format!("x={}", segment.replace('+', "%2B")))
+        .ok()
+        .and_then(|q| q.one("x").map(str::to_owned))
+        .unwrap_or_else(|| segment.to_owned())
+}
+
+/// Unknown paths and wrong methods, as JSON errors.
+async fn rejection(err: Rejection) -> Result<Response, Rejection> {
+    use client::error;
+    if err.is_not_found() {
+        return Ok(error(404, "not_found", "no such route; the client API is /v1/<tenant>/events, /v1/<tenant>/ws and /v1/<tenant>/state/<schema.table> (docs/protocol.md)"));
+    }
+    if err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        return Ok(error(
+            405,
+            "method_not_allowed",
+            "the client API takes GET only",
+        ));
+    }
+    if err.find::<warp::reject::MissingHeader>().is_some()
+        || err.find::<warp::reject::InvalidHeader>().is_some()
+    {
+        return Ok(error(
+            400,
+            "bad_request",
+            "a header is missing or invalid; WebSocket clients must send the upgrade headers",
+        ));
+    }
+    if err.find::<warp::reject::PayloadTooLarge>().is_some() {
+        return Ok(error(
+            413,
+            "payload_too_large",
+            "requests to walcast carry no body",
+        ));
+    }
+    if let Some(cors) = err.find::<warp::cors::CorsForbidden>() {
+        return Ok(error(
+            403,
+            "cors_forbidden",
+            &format!("{cors}; add the page's origin to [server] cors_origins"),
+        ));
+    }
+    Ok(error(
+        400,
+        "bad_request",
+        "the request could not be understood",
+    ))
+}
+
 /// Serves the routes on every listener until `cancel` fires.
 pub fn serve(
     listeners: Vec<TcpListener>,
-    state: Arc<OpsState>,
+    ops_state: Arc<OpsState>,
+    client: Option<(Arc<ClientContext>, &ServerConfig)>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) {
-    let routes = ops::routes(state).with(warp::log::custom(|info| {
+    let log = warp::log::custom(|info| {
+        // The path only: a query may hold an access token.
         tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http request");
-    }));
+    });
+    let ops = ops::routes(ops_state).map(Reply::into_response);
+    let routes: warp::filters::BoxedFilter<(Response,)> = match client {
+        Some((ctx, server)) => {
+            let inspector_enabled = server.inspector;
+            let inspector = warp::path::end()
+                .and(warp::get())
+                .and_then(move || async move {
+                    if inspector_enabled {
+                        Ok(warp::reply::html(INSPECTOR_HTML).into_response())
+                    } else {
+                        Err(warp::reject::not_found())
+                    }
+                });
+            let api = client_routes(ctx);
+            let api: warp::filters::BoxedFilter<(Response,)> = if server.cors_origins.is_empty() {
+                api.boxed()
+            } else {
+                let mut cors = warp::cors()
+                    .allow_methods(vec!["GET"])
+                    .allow_headers(vec!["authorization", "last-event-id", "content-type"])
+                    .max_age(600);
+                if server.cors_origins.iter().any(|o| o == "*") {
+                    cors = cors.allow_any_origin();
+                } else {
+                    cors = cors.allow_origins(server.cors_origins.iter().map(String::as_str));
+                }
+                api.with(cors).map(Reply::into_response).boxed()
+            };
+            ops.or(inspector).unify().or(api).unify().boxed()
+        }
+        None => ops.boxed(),
+    };
+    let routes = routes
+        .recover(rejection)
+        .unify()
+        .with(warp::reply::with::header(
+            "x-content-type-options",
+            "nosniff",
+        ))
+        .with(log);
     for listener in listeners {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "http listening (/healthz, /readyz, /metrics)");
+            tracing::info!(%addr, "http listening (/v1 client API, /healthz, /readyz, /metrics)");
         }
         let cancel = cancel.clone();
         let server = warp::serve(routes.clone())

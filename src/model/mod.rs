@@ -10,5 +10,5 @@ pub use event::{
     ChangeBody, ChangeEvent, Datum, EventId, Op, ParseEventIdError, RowImage, TableName, TypeShape,
 };
 pub use lsn::{Lsn, ParseLsnError};
-pub use time::{civil_from_days, format_pg_timestamp, now_pg_micros};
+pub use time::{civil_from_days, format_pg_timestamp, now_pg_micros, now_unix};
 pub use wire::{base64_encode, datum_json, encode_event, row_json};

@@ -12,6 +12,14 @@ pub fn now_pg_micros() -> i64 {
     unix - PG_EPOCH_UNIX_SECONDS * 1_000_000
 }
 
+/// Now, in seconds since 1970-01-01 UTC (token expiry checks).
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
 /// Formats a Postgres timestamp as `2026-11-28T03:14:02.123456Z` (always six
 /// fractional digits, UTC).
 pub fn format_pg_timestamp(micros_since_2000: i64) -> String {

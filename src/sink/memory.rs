@@ -24,10 +24,21 @@ pub enum Resume {
 }
 
 /// One tenant's ring.
-#[derive(Debug)]
 pub struct MemoryRing {
     capacity: usize,
     state: Mutex<RingState>,
+    on_commit: Mutex<Option<OnCommit>>,
+}
+
+/// What the ring tells when events are committed.
+pub type OnCommit = Arc<dyn Fn(&[Arc<ChangeEvent>]) + Send + Sync>;
+
+impl std::fmt::Debug for MemoryRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryRing")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +56,7 @@ impl MemoryRing {
         MemoryRing {
             capacity: capacity.max(1),
             state: Mutex::new(RingState::default()),
+            on_commit: Mutex::new(None),
         }
     }
 
@@ -64,6 +76,41 @@ impl MemoryRing {
                     .collect(),
             ),
         }
+    }
+
+    /// Up to `limit` committed events after `after`, oldest first, and
+    /// whether some after it were dropped (`Resume::Gap`, with the oldest
+    /// kept; `Resume::Events` holds nothing then).
+    pub fn page(&self, after: Option<EventId>, limit: usize) -> (Resume, Vec<Arc<ChangeEvent>>) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = state.committed.front().map(|e| e.id);
+        let gap = match (after, state.dropped_up_to) {
+            (Some(after), Some(dropped)) => after < dropped,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        let start = match after {
+            Some(after) => state.committed.partition_point(|e| e.id <= after),
+            None => 0,
+        };
+        let events = state
+            .committed
+            .range(start..)
+            .take(limit)
+            .cloned()
+            .collect();
+        let resume = if gap {
+            Resume::Gap { oldest }
+        } else {
+            Resume::Events(Vec::new())
+        };
+        (resume, events)
+    }
+
+    /// Called with each transaction's events once they are committed to
+    /// the ring (the hub publishes them to live subscribers).
+    pub fn set_on_commit(&self, f: OnCommit) {
+        *self.on_commit.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
     }
 
     /// The newest committed event id.
@@ -92,11 +139,22 @@ impl EventSink for MemoryRing {
     fn commit(&self, _end_lsn: Option<Lsn>) -> SinkFuture<'_> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let pending = std::mem::take(&mut state.pending);
-        state.committed.extend(pending);
+        state.committed.extend(pending.iter().cloned());
         while state.committed.len() > self.capacity {
             if let Some(dropped) = state.committed.pop_front() {
                 state.dropped_up_to = state.dropped_up_to.max(Some(dropped.id));
             }
+        }
+        drop(state);
+        // Called by the one pipeline task, so in commit order; the ring
+        // holds the events before subscribers see them.
+        let on_commit = self
+            .on_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let (Some(f), false) = (on_commit, pending.is_empty()) {
+            f(&pending);
         }
         Box::pin(async { Ok(()) })
     }

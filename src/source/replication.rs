@@ -40,6 +40,11 @@ pub struct PendingSession {
 }
 
 impl PendingSession {
+    /// Where the session will stream from (the snapshot's consistent point).
+    pub fn start_lsn(&self) -> Lsn {
+        self.start
+    }
+
     async fn connect(
         tenant: &TenantConfig,
         slot: &SlotKind,

@@ -91,6 +91,9 @@ pub struct PipelineOptions {
     /// The tenant's Redis sink (the same object as the pipeline's sink),
     /// for the initial snapshot and the epoch check.
     pub mirror: Option<Arc<RedisSink>>,
+    /// The tenant's delivery hub: told the tables' columns, and told when
+    /// the stream restarts at a new snapshot.
+    pub hub: Option<Arc<crate::hub::TenantHub>>,
     /// Warn when the slot holds more unconfirmed WAL than this.
     pub slot_lag_warn_bytes: u64,
 }
@@ -103,6 +106,7 @@ impl Default for PipelineOptions {
             create_missing: true,
             give_up_on_definite: false,
             mirror: None,
+            hub: None,
             slot_lag_warn_bytes: crate::config::DEFAULT_SLOT_LAG_WARN_BYTES,
         }
     }
@@ -207,6 +211,16 @@ pub(super) async fn run_session(
     }
     // The regular connection stays open for catalog look-ups of column types.
     let (catalog, pending) = prepare(tenant, options).await?;
+    if let Some(hub) = &options.hub {
+        if let Some(pending) = &pending {
+            // A new snapshot: what live subscribers had may have a hole.
+            hub.fanout.reset(EventId {
+                commit_lsn: pending.start_lsn(),
+                index: 0,
+            });
+        }
+        learn_columns(&catalog, tenant, hub).await;
+    }
     let mut session = match pending {
         // A new slot with a snapshot: stream from the snapshot's point.
         Some(pending) => pending.start().await?,
@@ -287,6 +301,9 @@ pub(super) async fn run_session(
                 if let PgOutputMessage::Relation(relation) = &msg {
                     let types = relation.columns.iter().map(|c| c.type_oid);
                     learn_types(&catalog, tenant, &mut applier, types).await?;
+                    if let Some(hub) = &options.hub {
+                        learn_columns(&catalog, tenant, hub).await;
+                    }
                 }
                 // A skipped transaction still updates the relation cache.
                 if skipping
@@ -404,6 +421,21 @@ pub(super) async fn run_session(
     tracing::info!(tenant = %tenant.id, confirmed = %progress.confirmed_end, "stopping: closing the replication stream");
     session.close().await;
     Ok(())
+}
+
+/// Reads the published tables' columns for subscriptions' typed filters.
+/// A failure only leaves filters untyped until the next try.
+async fn learn_columns(
+    catalog: &tokio_postgres::Client,
+    tenant: &TenantConfig,
+    hub: &crate::hub::TenantHub,
+) {
+    match crate::hub::Schema::load(catalog, &tenant.publication).await {
+        Ok(schema) => hub.set_schema(schema),
+        Err(error) => {
+            tracing::warn!(tenant = %tenant.id, %error, "could not read the published tables' columns; subscription filters compare by the values' JSON types until the next session")
+        }
+    }
 }
 
 /// Looks up the types among `oids` (and those they are built from) that the

@@ -142,7 +142,11 @@ pub struct RedisSink {
     rules: HashMap<TableName, MirrorRule>,
     runner: Arc<ScriptRunner>,
     state: Mutex<State>,
+    on_durable: std::sync::Mutex<Option<OnDurable>>,
 }
+
+/// Told each batch's events once the batch is in Redis.
+pub type OnDurable = Arc<dyn Fn(&[ChangeEvent]) + Send + Sync>;
 
 #[derive(Default)]
 struct State {
@@ -180,7 +184,17 @@ impl RedisSink {
                 script: Script::new(include_str!("apply_batch.lua")),
             }),
             state: Mutex::new(State::default()),
+            on_durable: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Registers `f`, called once per batch, in stream order, right after the
+    /// batch's script succeeded, with exactly the events it wrote (TOAST
+    /// filled). After a reconnect a replayed batch may be reported again
+    /// (the receiver skips ids it has seen); an event is never reported
+    /// before it is in Redis.
+    pub fn set_on_durable(&self, f: OnDurable) {
+        *self.on_durable.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
     }
 
     pub fn keys(&self) -> &Keys {
@@ -644,24 +658,34 @@ impl RedisSink {
         }
         self.fill_unchanged(&mut events).await?;
         let epoch = state.epoch.clone().unwrap_or_default();
-        let chunks: Vec<&[ChangeEvent]> = if events.is_empty() {
-            vec![&[]]
-        } else {
-            events.chunks(BATCH_EVENTS).collect()
-        };
-        let last = chunks.len() - 1;
-        for (n, chunk) in chunks.into_iter().enumerate() {
+        let on_durable = self
+            .on_durable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let last = events.len().div_ceil(BATCH_EVENTS).max(1) - 1;
+        let mut rest = events.into_iter();
+        for n in 0..=last {
+            let chunk: Vec<ChangeEvent> = rest.by_ref().take(BATCH_EVENTS).collect();
             let entries: Vec<Entry> = chunk.iter().map(|e| self.entry(e)).collect();
             let end_lsn = if n == last { end_lsn } else { None };
             // One batch in flight at most: batches reach Redis in order.
             Self::settle(state).await?;
             if wait && n == last {
                 self.run_script(&entries, end_lsn, &epoch).await?;
+                if let Some(f) = &on_durable {
+                    f(&chunk);
+                }
             } else {
                 let runner = Arc::clone(&self.runner);
                 let epoch = epoch.clone();
+                let on_durable = on_durable.clone();
                 state.in_flight = Some(tokio::spawn(async move {
-                    runner.run(&entries, end_lsn, &epoch).await
+                    let applied = runner.run(&entries, end_lsn, &epoch).await?;
+                    if let Some(f) = &on_durable {
+                        f(&chunk);
+                    }
+                    Ok(applied)
                 }));
             }
         }

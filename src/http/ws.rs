@@ -1,0 +1,414 @@
+//! `GET /v1/{tenant}/ws`: a WebSocket carrying JSON messages, with several
+//! subscriptions per connection.
+//!
+//! Client → server: `subscribe` (`id`, `tables`, `ops`, `filters`, `since`),
+//! `unsubscribe` (`id`), `auth` (`token`: a fresh token before the current
+//! one expires), `ping`. Server → client: `subscribed`, `unsubscribed`,
+//! `change` (`sub`, `event`), `gap`, `error`, `authenticated`, `pong`.
+//! The token is checked at the upgrade (header, or `access_token` in the
+//! query for browsers). When it expires the socket closes with code 4001.
+//! A client that falls behind gets a `gap` (reason `lagged`) with the last
+//! id it received, then close code 1013; it can resume with `since`.
+//! The server pings every `heartbeat_secs` and closes a connection that has
+//! not been heard from for three of them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use warp::filters::ws::{Message, WebSocket};
+
+use super::client::{gap_json, ClientContext, SubscriberGauge};
+use super::sse::sleep_until;
+use crate::auth::Principal;
+use crate::hub::{Feed, FeedEnd, FeedItem, SubscriptionRequest, TenantHub};
+use crate::model::EventId;
+
+/// Largest message a client may send.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 64 * 1024;
+/// Longest subscription id.
+const MAX_SUB_ID_CHARS: usize = 128;
+/// Messages waiting for the socket, from all subscriptions of a connection.
+const OUTBOX: usize = 64;
+
+/// Close codes.
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_TOO_BIG: u16 = 1009;
+const CLOSE_TRY_AGAIN: u16 = 1013;
+const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+const CLOSE_SILENT: u16 = 4002;
+const CLOSE_TENANT_STOPPED: u16 = 1012;
+
+enum Out {
+    Text(String),
+    Close(u16, String),
+}
+
+struct SubTask {
+    cancel: CancellationToken,
+}
+
+impl Drop for SubTask {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Runs one upgraded connection until it closes.
+pub async fn session(
+    socket: WebSocket,
+    ctx: Arc<ClientContext>,
+    hub: Arc<TenantHub>,
+    principal: Principal,
+) {
+    let _gauge = SubscriberGauge::new(hub.tenant.as_str(), "ws");
+    let (mut sink, mut stream) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(OUTBOX);
+    let mut subs: HashMap<String, SubTask> = HashMap::new();
+    let mut principal = principal;
+    let mut last_heard = Instant::now();
+    let mut ping = tokio::time::interval_at(Instant::now() + ctx.heartbeat, ctx.heartbeat);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let close = |code: u16, reason: String| Message::close_with(code, reason);
+    loop {
+        let expiry = expiry(&ctx, &principal);
+        let outgoing = tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => {
+                Some(close(CLOSE_GOING_AWAY, "walcast is shutting down; reconnect and subscribe with since to resume".into()))
+            }
+            _ = sleep_until(expiry) => {
+                let error = json!({"type": "error", "code": "token_expired", "message": "the token expired; reconnect with a fresh token (send {\"type\":\"auth\",\"token\":...} before it expires to continue)"});
+                let _ = sink.send(Message::text(error.to_string())).await;
+                Some(close(CLOSE_TOKEN_EXPIRED, "token expired".into()))
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > 3 * ctx.heartbeat {
+                    Some(close(CLOSE_SILENT, "no pong or message for three heartbeats".into()))
+                } else {
+                    if sink.send(Message::ping(Vec::new())).await.is_err() {
+                        break;
+                    }
+                    None
+                }
+            }
+            incoming = stream.next() => match incoming {
+                None => break,
+                Some(Err(err)) => {
+                    let too_big = err.to_string().contains("too long") || err.to_string().contains("Space limit") || err.to_string().contains("capacity");
+                    if too_big {
+                        let _ = sink.send(close(CLOSE_TOO_BIG, format!("messages are limited to {MAX_CLIENT_MESSAGE_BYTES} bytes"))).await;
+                    }
+                    break;
+                }
+                Some(Ok(message)) => {
+                    last_heard = Instant::now();
+                    if message.is_close() {
+                        break;
+                    }
+                    if message.is_ping() || message.is_pong() {
+                        continue;
+                    }
+                    let reply = match message.to_str() {
+                        Ok(text) => handle(text, &ctx, &hub, &mut principal, &mut subs, &out_tx),
+                        Err(()) => Some(error_json(None, "bad_message", "send JSON text frames, like {\"type\":\"subscribe\",\"id\":\"s1\",\"tables\":[\"public.tasks\"]}")),
+                    };
+                    if let Some(reply) = reply {
+                        if sink.send(Message::text(reply.to_string())).await.is_err() {
+                            break;
+                        }
+                    }
+                    None
+                }
+            },
+            out = out_rx.recv() => match out {
+                Some(Out::Text(text)) => {
+                    if sink.send(Message::text(text)).await.is_err() {
+                        break;
+                    }
+                    None
+                }
+                Some(Out::Close(code, reason)) => Some(close(code, reason)),
+                None => None,
+            },
+        };
+        if let Some(close) = outgoing {
+            let _ = sink.send(close).await;
+            break;
+        }
+    }
+    drop(subs);
+    let _ = sink.close().await;
+}
+
+fn expiry(ctx: &ClientContext, principal: &Principal) -> Option<Instant> {
+    principal.expires_at.map(|exp| {
+        let left = exp
+            .saturating_add(ctx.auth.leeway_secs())
+            .saturating_sub(crate::model::now_unix());
+        Instant::now() + Duration::from_secs(left)
+    })
+}
+
+fn error_json(id: Option<&str>, code: &str, message: &str) -> Value {
+    let mut value = json!({"type": "error", "code": code, "message": message});
+    if let Some(id) = id {
+        value["id"] = json!(id);
+    }
+    value
+}
+
+/// A string or a list of strings (`"a"` or `["a","b"]`), for lenient fields.
+fn strings(value: Option<&Value>, field: &str) -> Result<Vec<String>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("{field} must be a list of strings"))
+            })
+            .collect(),
+        Some(_) => Err(format!("{field} must be a string or a list of strings")),
+    }
+}
+
+/// Handles one client message; returns the direct reply, if any.
+fn handle(
+    text: &str,
+    ctx: &ClientContext,
+    hub: &Arc<TenantHub>,
+    principal: &mut Principal,
+    subs: &mut HashMap<String, SubTask>,
+    out: &mpsc::Sender<Out>,
+) -> Option<Value> {
+    let message: Value =
+        match serde_json::from_str(text) {
+            Ok(Value::Object(map)) => Value::Object(map),
+            Ok(_) | Err(_) => return Some(error_json(
+                None,
+                "bad_json",
+                "messages are JSON objects with a \"type\": subscribe, unsubscribe, auth or ping",
+            )),
+        };
+    let id = message.get("id").and_then(Value::as_str);
+    match message.get("type").and_then(Value::as_str) {
+        Some("ping") => Some(json!({"type": "pong"})),
+        Some("subscribe") => Some(subscribe(&message, ctx, hub, principal, subs, out)),
+        Some("unsubscribe") => {
+            let Some(id) = id else {
+                return Some(error_json(
+                    None,
+                    "bad_message",
+                    "unsubscribe needs the \"id\" of the subscription",
+                ));
+            };
+            match subs.remove(id) {
+                Some(_) => Some(json!({"type": "unsubscribed", "id": id})),
+                None => Some(error_json(
+                    Some(id),
+                    "unknown_subscription",
+                    "no subscription with this id on this connection",
+                )),
+            }
+        }
+        Some("auth") => {
+            let Some(token) = message.get("token").and_then(Value::as_str) else {
+                return Some(error_json(
+                    None,
+                    "bad_message",
+                    "auth needs a \"token\" (a JWT)",
+                ));
+            };
+            match ctx.auth.verify(token, hub.tenant.as_str(), crate::model::now_unix()) {
+                Ok(fresh) if fresh.role == principal.role && fresh.claims.get("sub") == principal.claims.get("sub") => {
+                    *principal = fresh;
+                    Some(json!({"type": "authenticated", "expires_at": principal.expires_at}))
+                }
+                Ok(_) => Some(error_json(None, "token_mismatch", "the new token has another role or sub than the connection's; open a new connection with it")),
+                Err(err) => {
+                    metrics::counter!(crate::metrics::DELIVERY_AUTH_FAILURES, crate::metrics::REASON => err.code()).increment(1);
+                    Some(error_json(None, err.code(), &err.to_string()))
+                }
+            }
+        }
+        Some(other) => Some(error_json(
+            id,
+            "bad_message",
+            &format!(
+                "unknown message type {:?}; use subscribe, unsubscribe, auth or ping",
+                super::client::shorten(other)
+            ),
+        )),
+        None => Some(error_json(
+            id,
+            "bad_message",
+            "the message has no \"type\"; use subscribe, unsubscribe, auth or ping",
+        )),
+    }
+}
+
+fn subscribe(
+    message: &Value,
+    ctx: &ClientContext,
+    hub: &Arc<TenantHub>,
+    principal: &Principal,
+    subs: &mut HashMap<String, SubTask>,
+    out: &mpsc::Sender<Out>,
+) -> Value {
+    let Some(id) = message.get("id").and_then(Value::as_str) else {
+        return error_json(
+            None,
+            "bad_message",
+            "subscribe needs an \"id\" (a string naming the subscription, echoed in its messages)",
+        );
+    };
+    if id.is_empty() || id.chars().count() > MAX_SUB_ID_CHARS {
+        return error_json(
+            None,
+            "bad_message",
+            &format!("a subscription id is 1 to {MAX_SUB_ID_CHARS} characters"),
+        );
+    }
+    if subs.contains_key(id) {
+        return error_json(Some(id), "duplicate_subscription", "this connection already has a subscription with this id; unsubscribe it first or pick another id");
+    }
+    if subs.len() >= ctx.max_subscriptions {
+        return error_json(
+            Some(id),
+            "too_many_subscriptions",
+            &format!(
+                "a connection holds at most {} subscriptions ([server] max_subscriptions)",
+                ctx.max_subscriptions
+            ),
+        );
+    }
+    let request = (|| -> Result<SubscriptionRequest, String> {
+        let mut tables = strings(message.get("tables"), "tables")?;
+        tables.extend(strings(message.get("table"), "table")?);
+        let mut ops = strings(message.get("ops"), "ops")?;
+        ops.extend(strings(message.get("op"), "op")?);
+        let mut filters = strings(message.get("filters"), "filters")?;
+        filters.extend(strings(message.get("filter"), "filter")?);
+        Ok(SubscriptionRequest {
+            tables,
+            ops,
+            filters,
+        })
+    })();
+    let request = match request {
+        Ok(request) => request,
+        Err(problem) => return error_json(Some(id), "bad_message", &problem),
+    };
+    let since = match message.get("since") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => match text.parse::<EventId>() {
+            Ok(since) => Some(since),
+            Err(err) => return error_json(Some(id), "bad_since", &err.to_string()),
+        },
+        Some(_) => {
+            return error_json(
+                Some(id),
+                "bad_since",
+                "since is an event id string, like \"23803720-0\"",
+            )
+        }
+    };
+    let subscription = match ctx.subscription(hub, &request, principal) {
+        Ok(subscription) => subscription,
+        Err(err) => return error_json(Some(id), err.code, &err.message),
+    };
+    let tables: Vec<String> = subscription.tables().map(|t| t.to_string()).collect();
+    let feed = Feed::new(Arc::clone(hub), subscription, since);
+    let cancel = CancellationToken::new();
+    tokio::spawn(run_subscription(
+        id.to_owned(),
+        feed,
+        out.clone(),
+        cancel.clone(),
+    ));
+    subs.insert(id.to_owned(), SubTask { cancel });
+    json!({"type": "subscribed", "id": id, "tables": tables, "since": since.map(|s| s.to_string())})
+}
+
+/// Feeds one subscription's items into the connection's outbox.
+async fn run_subscription(
+    sub: String,
+    mut feed: Feed,
+    out: mpsc::Sender<Out>,
+    cancel: CancellationToken,
+) {
+    let prefix = format!(
+        "{{\"type\":\"change\",\"sub\":{},\"event\":",
+        Value::String(sub.clone())
+    );
+    let mut last_sent: Option<EventId> = None;
+    loop {
+        let item = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            item = feed.next() => item,
+        };
+        let message = match item {
+            FeedItem::Change { id, json } => {
+                let mut text = String::with_capacity(prefix.len() + json.len() + 1);
+                text.push_str(&prefix);
+                text.push_str(&String::from_utf8_lossy(&json));
+                text.push('}');
+                last_sent = Some(id);
+                Out::Text(text)
+            }
+            FeedItem::Gap {
+                after,
+                resume_from,
+                reason,
+            } => Out::Text(
+                gap_json(
+                    Some(&sub),
+                    after.or(last_sent),
+                    resume_from,
+                    reason.as_str(),
+                )
+                .to_string(),
+            ),
+            FeedItem::End(FeedEnd::Lagged) => {
+                let resume = feed.cursor().or(last_sent);
+                let gap = gap_json(Some(&sub), resume, None, "lagged").to_string();
+                let _ = out.send(Out::Text(gap)).await;
+                let reason = match resume {
+                    Some(id) => format!("too slow; resume with since={id}"),
+                    None => "too slow; reconnect".to_owned(),
+                };
+                let _ = out.send(Out::Close(CLOSE_TRY_AGAIN, reason)).await;
+                return;
+            }
+            FeedItem::End(FeedEnd::TenantStopped) => {
+                let error = error_json(Some(&sub), "tenant_stopped", "the tenant was stopped or reconfigured; reconnect and subscribe with since to resume");
+                let _ = out.send(Out::Text(error.to_string())).await;
+                let _ = out
+                    .send(Out::Close(CLOSE_TENANT_STOPPED, "tenant stopped".into()))
+                    .await;
+                return;
+            }
+            FeedItem::End(FeedEnd::HistoryFailed(why)) => {
+                let error = error_json(
+                    Some(&sub),
+                    "history_unavailable",
+                    &format!("{why}; subscribe again (with since) to retry"),
+                );
+                let _ = out.send(Out::Text(error.to_string())).await;
+                return;
+            }
+        };
+        if out.send(message).await.is_err() {
+            return;
+        }
+    }
+}
