@@ -87,6 +87,7 @@ struct Frame {
     id: Option<String>,
     event: Option<String>,
     data: String,
+    comment: String,
 }
 
 /// `curl -N` reading an SSE stream; frames arrive on a channel.
@@ -115,11 +116,9 @@ impl Sse {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if line.is_empty() {
-                    if frame.event.is_some() || !frame.data.is_empty() {
-                        let _ = tx.send(std::mem::take(&mut frame));
-                    } else {
-                        frame = Frame::default();
-                    }
+                    let _ = tx.send(std::mem::take(&mut frame));
+                } else if let Some(v) = line.strip_prefix(':') {
+                    frame.comment.push_str(v);
                 } else if let Some(v) = line.strip_prefix("id: ") {
                     frame.id = Some(v.to_owned());
                 } else if let Some(v) = line.strip_prefix("event: ") {
@@ -132,10 +131,30 @@ impl Sse {
         Sse { child, frames }
     }
 
+    /// The next frame with an event (comments and bare ids skipped).
     fn next(&self) -> Frame {
-        self.frames
-            .recv_timeout(WAIT)
-            .expect("an SSE frame within the wait")
+        loop {
+            let frame = self
+                .frames
+                .recv_timeout(WAIT)
+                .expect("an SSE frame within the wait");
+            if frame.event.is_some() || !frame.data.is_empty() {
+                return frame;
+            }
+        }
+    }
+
+    /// Waits for a comment containing `text`.
+    fn comment(&self, text: &str) {
+        loop {
+            let frame = self
+                .frames
+                .recv_timeout(WAIT)
+                .unwrap_or_else(|_| panic!("a comment with {text:?}"));
+            if frame.comment.contains(text) {
+                return;
+            }
+        }
     }
 
     /// The next `n` change events.
@@ -151,9 +170,15 @@ impl Sse {
             .collect()
     }
 
+    /// Asserts that no event arrives for `for_` (heartbeats may).
     fn quiet(&self, for_: Duration) {
-        if let Ok(frame) = self.frames.recv_timeout(for_) {
-            panic!("expected nothing, got {frame:?}");
+        let deadline = std::time::Instant::now() + for_;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.frames.recv_timeout(left) {
+                Ok(frame) if frame.event.is_some() => panic!("expected nothing, got {frame:?}"),
+                Ok(_) => continue,
+                Err(_) => return,
+            }
         }
     }
 }
@@ -551,4 +576,178 @@ fn filters_auth_isolation_resume_and_state() {
     );
     assert!(gap["resume_from"].is_string(), "{gap}");
     drop(walcast);
+}
+
+#[test]
+fn without_redis_slow_clients_expiry_shutdown_and_a_thousand_subscribers() {
+    let acme = TenantDb::start();
+    let port = walcast::localdev::free_port().unwrap();
+    let dir = TempDir::new("delivery-ring");
+    let config = config(&dir, port, None, &[("acme", &acme)]);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[auth]\n", "[auth]\nleeway_secs = 0\n");
+    std::fs::write(&config, text).unwrap();
+    let walcast = Walcast::spawn(&config, &["run"]);
+    walcast.wait_log("streaming", 1);
+    let base = format!("http://127.0.0.1:{port}");
+    let op = operator("acme");
+
+    // -- Resume from the in-memory ring.
+    let sse = Sse::open(
+        &format!("{base}/v1/acme/events?table=public.tasks"),
+        &[format!("Authorization: Bearer {op}")],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    acme.sql("insert into tasks (id, status) values (1, 'queued'), (2, 'queued');");
+    let first = sse.changes(2);
+    drop(sse);
+    acme.sql("update tasks set status = 'running' where id = 1;");
+    let last = first[0]["id"].as_str().unwrap();
+    let sse = Sse::open(
+        &format!("{base}/v1/acme/events?table=public.tasks&last_event_id={last}&access_token={op}"),
+        &[],
+    );
+    let resumed = sse.changes(2);
+    assert_eq!(
+        (resumed[0]["new"]["id"].as_i64(), resumed[1]["op"].as_str()),
+        (Some(2), Some("UPDATE"))
+    );
+    sse.quiet(Duration::from_millis(300));
+    let (status, body) = get(&format!("{base}/v1/acme/state/public.tasks"), Some(&op));
+    assert_eq!(status, 404, "no mirror without redis: {body}");
+
+    // -- A WebSocket whose token expires is closed with a reason; one that
+    // sends a fresh token in-band goes on.
+    let short = token(
+        json!({"tenant": "acme", "role": "operator", "sub": "op", "exp": walcast::model::now_unix() + 2}),
+    );
+    let mut expiring = ws_connect(port, "acme", &short);
+    let mut renewed = ws_connect(port, "acme", &short);
+    ws_send(&mut renewed, json!({"type": "auth", "token": op}));
+    assert_eq!(ws_next(&mut renewed)["type"], "authenticated");
+    let error = ws_next(&mut expiring);
+    assert_eq!(error["code"], "token_expired", "{error}");
+    let closed = ws_next(&mut expiring);
+    assert_eq!(closed["frame"][0], 4001, "{closed}");
+    ws_subscribe(
+        &mut renewed,
+        json!({"type": "subscribe", "id": "r", "tables": ["public.tasks"]}),
+    );
+
+    // -- A client that does not read is cut off with a gap telling where to
+    // resume; replication and other subscribers go on.
+    let mut slow = ws_connect(port, "acme", &op);
+    ws_subscribe(
+        &mut slow,
+        json!({"type": "subscribe", "id": "slow", "tables": ["public.tasks"]}),
+    );
+    let fast = Sse::open(
+        &format!("{base}/v1/acme/events?table=public.tasks&access_token={op}"),
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // 2,000 transactions of one large row each.
+    let inserts: String = (100..2100).map(|g| format!("insert into tasks (id, status, payload) values ({g}, 'queued', jsonb_build_object('blob', repeat(md5('{g}'), 600)));\n")).collect();
+    acme.sql(&inserts);
+    let fast_events = fast.changes(2000);
+    assert_eq!(
+        fast_events.last().unwrap()["new"]["id"],
+        2099,
+        "the fast subscriber got everything"
+    );
+    let mut received: Vec<String> = Vec::new();
+    let gap = loop {
+        // A client that reads, but slowly.
+        std::thread::sleep(Duration::from_millis(10));
+        let m = ws_next(&mut slow);
+        match m["type"].as_str() {
+            Some("change") => received.push(m["event"]["id"].as_str().unwrap().to_owned()),
+            Some("gap") => break m,
+            other => panic!("unexpected {other:?}: {m}"),
+        }
+    };
+    assert_eq!(gap["reason"], "lagged", "{gap}");
+    assert!(
+        received.len() < 2000,
+        "the slow client was cut off before the end"
+    );
+    assert_eq!(
+        gap["last_event_id"].as_str(),
+        received.last().map(String::as_str),
+        "resume from the last id it received"
+    );
+    let closed = ws_next(&mut slow);
+    assert_eq!(closed["frame"][0], 1013, "{closed}");
+    // It resumes from there and gets the rest, once.
+    let mut again = ws_connect(port, "acme", &op);
+    ws_subscribe(
+        &mut again,
+        json!({"type": "subscribe", "id": "again", "tables": ["public.tasks"], "since": gap["last_event_id"]}),
+    );
+    let rest: Vec<i64> = (0..2000 - received.len())
+        .map(|_| ws_next(&mut again)["event"]["new"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(rest.last(), Some(&2099));
+    assert_eq!(rest[0], 100 + received.len() as i64);
+    drop(again);
+    drop(renewed);
+    drop(fast);
+
+    // -- 1,000 concurrent subscribers, each receiving only its rows.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let per_subscriber: Vec<Vec<i64>> = rt.block_on(async {
+        use futures_util::{SinkExt, StreamExt};
+        let mut clients = Vec::new();
+        for n in 0..1000 {
+            let url = format!("ws://127.0.0.1:{port}/v1/acme/ws?access_token={op}");
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+            let sub = json!({"type": "subscribe", "id": "t", "tables": ["public.tasks"], "filters": [format!("id=eq.{}", 5000 + n % 50)]});
+            ws.send(Message::text(sub.to_string())).await.unwrap();
+            clients.push(ws);
+        }
+        for ws in clients.iter_mut() {
+            let reply = ws.next().await.unwrap().unwrap();
+            assert!(reply.to_text().unwrap().contains("subscribed"), "{reply:?}");
+        }
+        tokio::task::spawn_blocking({
+            let url = acme.url();
+            move || {
+                let out = Command::new("psql").args([&url, "-qAtc", "insert into tasks (id, status) select g, 'queued' from generate_series(5000, 5049) g; insert into tasks (id, status) values (9999, 'queued');"]).output().unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            }
+        })
+        .await
+        .unwrap();
+        // Each client's row, then nothing else within a short while; read
+        // concurrently.
+        futures_util::future::join_all(clients.into_iter().map(|mut ws| async move {
+            let mut ids = Vec::new();
+            loop {
+                let wait = Duration::from_millis(if ids.is_empty() { 30_000 } else { 500 });
+                let Ok(Some(Ok(message))) = tokio::time::timeout(wait, ws.next()).await else {
+                    break;
+                };
+                if let Message::Text(text) = message {
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    ids.push(v["event"]["new"]["id"].as_i64().unwrap());
+                }
+            }
+            ids
+        }))
+        .await
+    });
+    for (n, ids) in per_subscriber.iter().enumerate() {
+        assert_eq!(ids, &[5000 + (n as i64) % 50], "subscriber {n}");
+    }
+
+    // -- Shutdown: streams say goodbye (SSE comment, WebSocket close 1001).
+    let sse = Sse::open(&format!("{base}/v1/acme/events?access_token={op}"), &[]);
+    let mut ws = ws_connect(port, "acme", &op);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, _, _) = walcast.interrupt();
+    assert!(status.success());
+    sse.comment("shutting down");
+    let closed = ws_next(&mut ws);
+    assert_eq!(closed["frame"][0], 1001, "{closed}");
 }

@@ -63,8 +63,9 @@ pub struct ServerConfig {
     /// Browser origins allowed to call the client API (CORS); `*` allows any.
     /// Empty: no CORS headers (same-origin pages and non-browser clients only).
     pub cors_origins: Vec<String>,
-    /// Events queued per subscription before the client counts as too slow
-    /// and is cut off (with the id to resume from).
+    /// Publications (a transaction's matching events, or a chunk of up to
+    /// 500 of a large one) queued per subscription before the client counts
+    /// as too slow and is cut off (with the id to resume from).
     pub subscriber_queue: usize,
     /// How often idle SSE streams get a comment and WebSockets a ping.
     pub heartbeat: Duration,
@@ -75,7 +76,7 @@ pub struct ServerConfig {
 }
 
 /// Default of `[server] subscriber_queue`.
-pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 1024;
+pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 256;
 /// Default of `[server] heartbeat_secs`.
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
 /// Default of `[server] max_subscriptions`.

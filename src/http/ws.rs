@@ -10,7 +10,7 @@
 //! A client that falls behind gets a `gap` (reason `lagged`) with the last
 //! id it received, then close code 1013; it can resume with `since`.
 //! The server pings every `heartbeat_secs` and closes a connection that has
-//! not been heard from for three of them.
+//! not been heard from for three of them (at least 10 s).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +43,8 @@ const CLOSE_TRY_AGAIN: u16 = 1013;
 const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 const CLOSE_SILENT: u16 = 4002;
 const CLOSE_TENANT_STOPPED: u16 = 1012;
+/// How long a closing connection waits for the client's close.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 enum Out {
     Text(String),
@@ -88,7 +90,7 @@ pub async fn session(
                 Some(close(CLOSE_TOKEN_EXPIRED, "token expired".into()))
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() > 3 * ctx.heartbeat {
+                if last_heard.elapsed() > silent_after(ctx.heartbeat) {
                     Some(close(CLOSE_SILENT, "no pong or message for three heartbeats".into()))
                 } else {
                     if sink.send(Message::ping(Vec::new())).await.is_err() {
@@ -139,11 +141,29 @@ pub async fn session(
         };
         if let Some(close) = outgoing {
             let _ = sink.send(close).await;
+            // Let the client read what was sent and answer the close: a
+            // socket closed with unread input would be reset, and the
+            // client would lose the last messages.
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if message.is_close() {
+                        break;
+                    }
+                }
+            })
+            .await;
             break;
         }
     }
     drop(subs);
     let _ = sink.close().await;
+}
+
+/// How long a connection may stay silent (no message, no pong) before it
+/// counts as half-open: three heartbeats, and never less than 10 s, since a
+/// client busy reading a backlog answers pings late.
+fn silent_after(heartbeat: Duration) -> Duration {
+    (3 * heartbeat).max(Duration::from_secs(10))
 }
 
 fn expiry(ctx: &ClientContext, principal: &Principal) -> Option<Instant> {

@@ -1,7 +1,9 @@
 //! The live half of delivery: sinks publish a tenant's events here once they
 //! are durable (the Redis script succeeded, or the in-memory ring committed
 //! them), and each event goes, as the bytes it was encoded to once, into the
-//! bounded queue of every subscriber whose subscription matches.
+//! bounded queue of every subscriber whose subscription matches. A queue
+//! holds publications (a transaction, or a chunk of a large one), so that a
+//! burst from one large transaction does not count as a slow client.
 //!
 //! Subscribers are indexed by table, so an event costs nothing for the
 //! subscribers of other tables. Publishing never waits: a subscriber whose
@@ -22,8 +24,9 @@ use crate::model::{ChangeEvent, EventId, TableName};
 /// What a live subscriber receives.
 #[derive(Debug, Clone)]
 pub enum Live {
-    /// A matching event.
-    Event { id: EventId, json: Bytes },
+    /// The matching events of one publication (a transaction, or a chunk
+    /// of up to 500 events of a large one), in order.
+    Events(Vec<(EventId, Bytes)>),
     /// The stream restarted after Redis lost the tenant's data: events
     /// before `complete_from` may be missing.
     Reset { complete_from: EventId },
@@ -180,6 +183,8 @@ impl Fanout {
         let mut registry = self.lock();
         let mut lagged: Vec<u64> = Vec::new();
         let (mut delivered, mut dropped) = (0u64, 0u64);
+        // Each subscriber's matching events of this publication.
+        let mut batches: HashMap<u64, (Slot, Vec<(EventId, Bytes)>)> = HashMap::new();
         for event in events {
             if registry.last_published.is_some_and(|last| event.id <= last) {
                 continue;
@@ -193,23 +198,26 @@ impl Fanout {
                 None => &registry.messages,
             };
             for slot in slots {
-                if slot.shared.lagged.load(Ordering::Relaxed) || !slot.subscription.matches(event) {
-                    continue;
+                if slot.subscription.matches(event) {
+                    batches
+                        .entry(slot.id)
+                        .or_insert_with(|| (slot.clone(), Vec::new()))
+                        .1
+                        .push((event.id, event.encoded().clone()));
                 }
-                let live = Live::Event {
-                    id: event.id,
-                    json: event.encoded().clone(),
-                };
-                match slot.tx.try_send(live) {
-                    Ok(()) => delivered += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        slot.shared.lagged.store(true, Ordering::Release);
-                        dropped += 1;
-                        lagged.push(slot.id);
-                    }
-                    // The receiver is being dropped; it unregisters itself.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        for (id, (slot, batch)) in batches {
+            let n = batch.len() as u64;
+            match slot.tx.try_send(Live::Events(batch)) {
+                Ok(()) => delivered += n,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    slot.shared.lagged.store(true, Ordering::Release);
+                    dropped += n;
+                    lagged.push(id);
                 }
+                // The receiver is being dropped; it unregisters itself.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
         if !lagged.is_empty() {

@@ -161,12 +161,14 @@ impl Feed {
                     }
                 }
                 State::Live(live) => match live.recv().await {
-                    Ok(Live::Event { id, json }) => {
-                        if self.cursor.is_some_and(|c| id <= c) {
-                            continue;
+                    Ok(Live::Events(events)) => {
+                        for (id, json) in events {
+                            if self.cursor.is_some_and(|c| id <= c) {
+                                continue;
+                            }
+                            self.cursor = Some(id);
+                            self.ready.push_back(FeedItem::Change { id, json });
                         }
-                        self.cursor = Some(id);
-                        return FeedItem::Change { id, json };
                     }
                     Ok(Live::Reset { complete_from }) => {
                         return FeedItem::Gap {

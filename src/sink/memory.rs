@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex};
 use super::{EventSink, SinkFuture};
 use crate::model::{ChangeEvent, EventId, Lsn};
 
+/// Events per publication to subscribers.
+const PUBLISH_CHUNK: usize = 500;
+
 /// Events kept per tenant when `[redis]` is not configured.
 pub const DEFAULT_RING_EVENTS: usize = 10_000;
 
@@ -153,8 +156,11 @@ impl EventSink for MemoryRing {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if let (Some(f), false) = (on_commit, pending.is_empty()) {
-            f(&pending);
+        if let Some(f) = on_commit {
+            // In chunks, as the Redis sink publishes.
+            for chunk in pending.chunks(PUBLISH_CHUNK) {
+                f(chunk);
+            }
         }
         Box::pin(async { Ok(()) })
     }
