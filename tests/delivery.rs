@@ -586,7 +586,11 @@ fn without_redis_slow_clients_expiry_shutdown_and_a_thousand_subscribers() {
     let config = config(&dir, port, None, &[("acme", &acme)]);
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("[auth]\n", "[auth]\nleeway_secs = 0\n");
+        .replace("[auth]\n", "[auth]\nleeway_secs = 0\n")
+        .replace(
+            "[server]\n",
+            "[server]\ncors_origins = [\"http://app.example\"]\n",
+        );
     std::fs::write(&config, text).unwrap();
     let walcast = Walcast::spawn(&config, &["run"]);
     walcast.wait_log("streaming", 1);
@@ -693,6 +697,105 @@ fn without_redis_slow_clients_expiry_shutdown_and_a_thousand_subscribers() {
     drop(again);
     drop(renewed);
     drop(fast);
+
+    // -- Delivery metrics, with live values.
+    let (_, metrics) = get(&format!("{base}/metrics"), None);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        value("walcast_delivery_events_total") >= 4000.0,
+        "{metrics}"
+    );
+    assert!(
+        value("walcast_delivery_slow_disconnects_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        value("walcast_delivery_dropped_events_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        value("walcast_delivery_gaps_total{reason=\"lagged\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("walcast_delivery_subscribers{tenant=\"acme\",transport=\"ws\"}"),
+        "{metrics}"
+    );
+    let (status, _) = get(&format!("{base}/v1/acme/events"), Some("garbage"));
+    assert_eq!(status, 401);
+    let (_, metrics) = get(&format!("{base}/metrics"), None);
+    assert!(
+        metrics.contains("walcast_delivery_auth_failures_total{reason=\"malformed_token\"}"),
+        "{metrics}"
+    );
+
+    // -- Garbage and oversized client messages.
+    let mut ws = ws_connect(port, "acme", &op);
+    ws.send(Message::binary(vec![0u8, 159, 146, 150])).unwrap();
+    assert_eq!(ws_next(&mut ws)["code"], "bad_message");
+    ws.send(Message::text("x".repeat(100_000))).unwrap();
+    let closed = ws_next(&mut ws);
+    assert_eq!(closed["frame"][0], 1009, "{closed}");
+
+    // -- CORS: configured origins only; GET only.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-X",
+            "OPTIONS",
+            "-H",
+            "Origin: http://app.example",
+            "-H",
+            "Access-Control-Request-Method: GET",
+            "-H",
+            "Access-Control-Request-Headers: authorization",
+        ])
+        .arg(format!("{base}/v1/acme/events"))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        headers.contains("access-control-allow-origin: http://app.example"),
+        "{headers}"
+    );
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "Origin: http://evil.example",
+        ])
+        .arg(format!(
+            "{base}/v1/acme/state/public.tasks?access_token={op}"
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.ends_with("403") && text.contains("cors_forbidden"),
+        "{text}"
+    );
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-X", "POST", "--data", "x"])
+        .arg(format!("{base}/v1/acme/events"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).ends_with("405"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // -- 1,000 concurrent subscribers, each receiving only its rows.
     let rt = tokio::runtime::Runtime::new().unwrap();
