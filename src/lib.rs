@@ -7,6 +7,9 @@
 //!  tenant Postgres ──pgoutput slot──▶ source ──▶ decode ──▶ apply ──▶ sink ──▶ confirm(end_lsn)
 //!   (regular conn: setup, checks,   (pgwire-     (pure,     (typed     (Redis mirror + stream,
 //!    catalog look-ups, snapshot)     replication) no I/O)    JSON)      or stdout + memory ring)
+//!                                                                        │ once durable
+//!                                                                        ▼
+//!                                   http (SSE, WebSocket, state) ◀── hub (fanout, history)
 //! ```
 //!
 //! One task per tenant (`tenant`) runs source → decode → apply → sink; decode
@@ -20,13 +23,17 @@
 //! - `model`: plain data (`Lsn`, `EventId`, `ChangeEvent`);
 //! - `sink`: where events go: the Redis mirror, stream and watermark
 //!   (`sink::redis`), or standard output and an in-memory resume ring;
-//! - `filter`: PostgREST-style row filters (mirror `hot_when`, subscriptions);
+//! - `filter`: PostgREST-style row filters (mirror `hot_when`, access rules,
+//!   subscriptions), typed by column kind;
 //! - `tenant`: the per-tenant supervisor with back-off, the pipeline with
 //!   group commit, and the initial snapshot;
 //! - `auth`: who may read what: JWT → `Principal`, per-role table rules and
 //!   row filters bound to claims (pure; used by the HTTP layer);
 //! - `app`, `commands`, `demo`: wiring of `run`/`tail`, `check`/`setup`/`resync`, and `demo`;
-//! - `http`: the HTTP server (operations endpoints so far);
+//! - `hub`: delivery per tenant: subscriptions, the table-indexed fanout the
+//!   sinks publish durable events to, resume history, feeds, state reads;
+//! - `http`: the HTTP server: the client API (SSE, WebSocket, state), the
+//!   inspector page and the operations endpoints;
 //! - `metrics`: metric names and descriptions;
 //! - `localdev`: throwaway local Postgres clusters and redis-servers (tests).
 
