@@ -573,7 +573,10 @@ fn filters_auth_isolation_resume_and_state() {
     );
     assert!(gap["resume_from"].is_string(), "{gap}");
     let log = walcast.stderr();
-    assert!(!log.contains(&op) && !log.contains(&expired), "tokens never appear in the log");
+    assert!(
+        !log.contains(&op) && !log.contains(&expired),
+        "tokens never appear in the log"
+    );
 }
 
 #[test]
@@ -616,6 +619,15 @@ fn without_redis_slow_clients_expiry_shutdown_and_a_thousand_subscribers() {
         (Some(2), Some("UPDATE"))
     );
     sse.quiet(Duration::from_millis(300));
+    // A new stream starts with the position it starts from.
+    let fresh = Sse::open(&format!("{base}/v1/acme/events?access_token={op}"), &[]);
+    let opening = fresh.frames.recv_timeout(WAIT).unwrap();
+    assert_eq!(
+        opening.id.as_deref(),
+        resumed[1]["id"].as_str(),
+        "{opening:?}"
+    );
+    drop(fresh);
     let (status, body) = get(&format!("{base}/v1/acme/state/public.tasks"), Some(&op));
     assert_eq!(status, 404, "no mirror without redis: {body}");
 

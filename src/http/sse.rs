@@ -103,12 +103,18 @@ fn stream(
     let mut heartbeat = tokio::time::interval_at(Instant::now() + ctx.heartbeat, ctx.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut out = VecDeque::new();
+    // An `id:` at once: a browser that reconnects before the first event
+    // resumes from here instead of from "now".
+    let start = match feed.start() {
+        Some(id) => format!("id: {id}\n"),
+        None => String::new(),
+    };
     out.push_back(Bytes::from(format!(
-        "retry: {RETRY_MS}\n: walcast {} events for tenant {tenant}\n\n",
+        "retry: {RETRY_MS}\n{start}: walcast {} events for tenant {tenant}\n\n",
         env!("CARGO_PKG_VERSION")
     )));
     let state = SseStream {
-        client_id: feed.cursor(),
+        client_id: feed.start(),
         ctx,
         feed,
         expiry,

@@ -347,6 +347,7 @@ fn subscribe(
     };
     let tables: Vec<String> = subscription.tables().map(|t| t.to_string()).collect();
     let feed = Feed::new(Arc::clone(hub), subscription, since);
+    let position = feed.start().map(|id| id.to_string());
     let cancel = CancellationToken::new();
     tokio::spawn(run_subscription(
         id.to_owned(),
@@ -355,7 +356,7 @@ fn subscribe(
         cancel.clone(),
     ));
     subs.insert(id.to_owned(), SubTask { cancel });
-    json!({"type": "subscribed", "id": id, "tables": tables, "since": since.map(|s| s.to_string())})
+    json!({"type": "subscribed", "id": id, "tables": tables, "since": since.map(|s| s.to_string()), "position": position})
 }
 
 /// Feeds one subscription's items into the connection's outbox.

@@ -82,6 +82,7 @@ pub struct Feed {
     subscription: Arc<Subscription>,
     /// Everything up to here was sent or filtered out.
     cursor: Option<EventId>,
+    start: Option<EventId>,
     state: State,
     ready: VecDeque<FeedItem>,
 }
@@ -92,6 +93,9 @@ impl Feed {
     /// after it is missed.
     pub fn new(hub: Arc<TenantHub>, subscription: Subscription, since: Option<EventId>) -> Feed {
         let subscription = Arc::new(subscription);
+        // Read before registering: everything after it is in the live queue
+        // or later, so it is a safe point to resume from.
+        let start = since.or_else(|| hub.fanout.last_published());
         let state = match since {
             Some(_) => State::Replay { first: true },
             None => State::Live(hub.fanout.subscribe(Arc::clone(&subscription))),
@@ -100,9 +104,17 @@ impl Feed {
             hub,
             subscription,
             cursor: since,
+            start,
             state,
             ready: VecDeque::new(),
         }
+    }
+
+    /// Where this feed starts: `since`, or the last event published before
+    /// it was registered (None when nothing was published since walcast
+    /// started). A client that resumes from it misses nothing.
+    pub fn start(&self) -> Option<EventId> {
+        self.start
     }
 
     /// Every event up to this id was sent or did not match: a resume point
