@@ -102,9 +102,16 @@ pub enum Command {
         #[arg(long)]
         tenant: String,
     },
-    /// Try walcast with nothing set up: starts a throwaway PostgreSQL cluster
-    /// (needs the PostgreSQL server binaries installed), writes example task
-    /// activity into it and prints the change events. Ctrl-C removes it all.
-    /// Ignores --config.
-    Demo,
+    /// Try walcast with nothing set up: starts two throwaway PostgreSQL
+    /// clusters (tenants acme and globex) and a redis-server (needs the
+    /// PostgreSQL server binaries and redis-server installed), writes example
+    /// task and environment activity into them, serves the inspector and the
+    /// client API, and prints a token with URLs and curl lines to try.
+    /// Ctrl-C stops and removes it all. Ignores --config.
+    Demo {
+        /// Serve HTTP on 127.0.0.1:PORT. Default: 8080, or a free port when
+        /// 8080 is taken.
+        #[arg(long)]
+        port: Option<u16>,
+    },
 }

@@ -34,13 +34,13 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let root = CancellationToken::new();
-    if let Command::Demo = cli.command {
-        walcast::demo::demo(root).await?;
+    if let Command::Demo { port } = cli.command {
+        walcast::demo::demo(port, root).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let config = config::load(&cli.config)?;
     match cli.command {
-        Command::Demo => unreachable!("handled above"),
+        Command::Demo { .. } => unreachable!("handled above"),
         Command::Run => app::run(config, root).await?,
         Command::Tail {
             tenant,

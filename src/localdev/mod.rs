@@ -43,7 +43,7 @@ const MAX_DIR_LEN: usize = 90;
 pub enum LocalError {
     /// No PostgreSQL server binaries (`initdb`, `pg_ctl`, `postgres`) were found.
     #[error(
-        "postgresql server binaries not found (looked at `pg_config --bindir` and /usr/lib/postgresql/*/bin); \
+        "postgresql server binaries not found (looked at `pg_config --bindir`, /usr/lib/postgresql/*/bin and PATH); \
          install them, e.g. with `apt-get install postgresql` (Debian)"
     )]
     PostgresNotInstalled,

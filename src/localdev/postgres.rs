@@ -74,6 +74,15 @@ pub struct LocalPostgres {
 }
 
 impl LocalPostgres {
+    /// Checks, without starting anything, that a cluster could start here:
+    /// the server binaries are installed and, when we run as root, there is
+    /// a `postgres` user to run them as.
+    pub fn check_installed() -> Result<(), LocalError> {
+        find_bindir()?;
+        postgres_owner()?;
+        Ok(())
+    }
+
     /// Creates and starts a cluster with [`PostgresOptions::default`].
     pub fn start() -> Result<Self, LocalError> {
         Self::start_with(PostgresOptions::default())
@@ -478,7 +487,8 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// The directory with `initdb`, `pg_ctl` and `postgres`: `pg_config --bindir`
-/// if that has initdb, else the highest-versioned `/usr/lib/postgresql/*/bin`.
+/// if that has initdb, else the highest-versioned `/usr/lib/postgresql/*/bin`,
+/// else the directory of the `initdb` on PATH (if pg_ctl is next to it).
 fn find_bindir() -> Result<PathBuf, LocalError> {
     if find_on_path("pg_config").is_some() {
         if let Ok(output) = Command::new("pg_config")
@@ -510,7 +520,13 @@ fn find_bindir() -> Result<PathBuf, LocalError> {
             }
         }
     }
-    best.map(|(_, bin)| bin)
+    if let Some((_, bin)) = best {
+        return Ok(bin);
+    }
+    // Fedora and others put initdb on PATH and pg_config in a -devel package.
+    find_on_path("initdb")
+        .and_then(|initdb| initdb.parent().map(Path::to_path_buf))
+        .filter(|bin| bin.join("pg_ctl").is_file())
         .ok_or(LocalError::PostgresNotInstalled)
 }
 

@@ -5,7 +5,8 @@
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,13 @@ pub struct LocalRedis {
 }
 
 impl LocalRedis {
+    /// Checks, without starting anything, that `redis-server` is on PATH.
+    pub fn check_installed() -> Result<(), LocalError> {
+        find_on_path("redis-server")
+            .map(|_| ())
+            .ok_or(LocalError::RedisNotInstalled)
+    }
+
     /// Starts a redis-server on a free port (retrying with another port when
     /// the chosen one gets taken) and waits until it answers PING.
     pub fn start() -> Result<Self, LocalError> {
@@ -73,13 +81,18 @@ impl LocalRedis {
         self.port
     }
 
-    /// The server's URL: `redis://127.0.0.1:{port}/`.
+    /// The server's temp dir (its working dir, holding the log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The server's process id while it runs (for tests that pause it with
     /// SIGSTOP to simulate an unreachable Redis without losing its data).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The server's URL: `redis://127.0.0.1:{port}/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -132,6 +145,10 @@ impl LocalRedis {
             .args(["--daemonize", "no", "--logfile"])
             .arg(&self.log)
             .current_dir(&self.dir)
+            // Its own process group: a Ctrl-C in the terminal (SIGINT to the
+            // foreground group) must not stop Redis under a walcast that is
+            // still finishing its last transaction; the handle stops it.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
