@@ -39,8 +39,10 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: stream every configured tenant, reconnecting on errors,
-    /// until SIGINT or SIGTERM. Events are printed to standard output as JSON
-    /// lines (one per change) and acknowledged once written.
+    /// until SIGINT or SIGTERM. Events go to Redis (mirror and per-tenant
+    /// stream) with [redis], else to standard output as JSON lines; with
+    /// [server], clients subscribe over SSE and WebSocket. Each transaction
+    /// is acknowledged to Postgres once durably written.
     Run,
     /// Check each tenant's database (wal_level, privileges, free slots and
     /// senders, publication, replica identity) and print what to fix.
