@@ -310,36 +310,9 @@ fn subscribe(
             ),
         );
     }
-    let request = (|| -> Result<SubscriptionRequest, String> {
-        let mut tables = strings(message.get("tables"), "tables")?;
-        tables.extend(strings(message.get("table"), "table")?);
-        let mut ops = strings(message.get("ops"), "ops")?;
-        ops.extend(strings(message.get("op"), "op")?);
-        let mut filters = strings(message.get("filters"), "filters")?;
-        filters.extend(strings(message.get("filter"), "filter")?);
-        Ok(SubscriptionRequest {
-            tables,
-            ops,
-            filters,
-        })
-    })();
-    let request = match request {
-        Ok(request) => request,
-        Err(problem) => return error_json(Some(id), "bad_message", &problem),
-    };
-    let since = match message.get("since") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => match text.parse::<EventId>() {
-            Ok(since) => Some(since),
-            Err(err) => return error_json(Some(id), "bad_since", &err.to_string()),
-        },
-        Some(_) => {
-            return error_json(
-                Some(id),
-                "bad_since",
-                "since is an event id string, like \"23803720-0\"",
-            )
-        }
+    let (request, since) = match subscribe_request(message) {
+        Ok(parsed) => parsed,
+        Err((code, problem)) => return error_json(Some(id), code, &problem),
     };
     let subscription = match ctx.subscription(hub, &request, principal) {
         Ok(subscription) => subscription,
@@ -357,6 +330,41 @@ fn subscribe(
     ));
     subs.insert(id.to_owned(), SubTask { cancel });
     json!({"type": "subscribed", "id": id, "tables": tables, "since": since.map(|s| s.to_string()), "position": position})
+}
+
+/// The request and `since` of a `subscribe` message, or the error code and
+/// what is wrong. Pure: fuzzed (fuzz/fuzz_targets/client.rs).
+pub fn subscribe_request(
+    message: &Value,
+) -> Result<(SubscriptionRequest, Option<EventId>), (&'static str, String)> {
+    let bad = |problem: String| ("bad_message", problem);
+    let mut tables = strings(message.get("tables"), "tables").map_err(bad)?;
+    tables.extend(strings(message.get("table"), "table").map_err(bad)?);
+    let mut ops = strings(message.get("ops"), "ops").map_err(bad)?;
+    ops.extend(strings(message.get("op"), "op").map_err(bad)?);
+    let mut filters = strings(message.get("filters"), "filters").map_err(bad)?;
+    filters.extend(strings(message.get("filter"), "filter").map_err(bad)?);
+    let since = match message.get("since") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(
+            text.parse::<EventId>()
+                .map_err(|err| ("bad_since", err.to_string()))?,
+        ),
+        Some(_) => {
+            return Err((
+                "bad_since",
+                "since is an event id string, like \"23803720-0\"".to_owned(),
+            ))
+        }
+    };
+    Ok((
+        SubscriptionRequest {
+            tables,
+            ops,
+            filters,
+        },
+        since,
+    ))
 }
 
 /// Feeds one subscription's items into the connection's outbox.

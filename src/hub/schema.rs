@@ -27,6 +27,11 @@ impl Columns {
 pub struct Schema(HashMap<TableName, Columns>);
 
 impl Schema {
+    /// A schema from known columns (tests and fuzzing; `load` reads one).
+    pub fn new(tables: impl IntoIterator<Item = (TableName, Vec<(String, ColumnKind)>)>) -> Schema {
+        Schema(tables.into_iter().map(|(t, c)| (t, Columns(c))).collect())
+    }
+
     pub fn columns(&self, table: &TableName) -> Option<&Columns> {
         self.0.get(table)
     }
