@@ -37,9 +37,9 @@ case "$what" in idle | all)
     run --scenario idle --subscribers 10000
 esac
 case "$what" in fanout | all)
-    run --scenario fanout --subscribers 1000 --duration 20 --batch 100 --window 2000
+    run --scenario fanout --subscribers 1000 --duration 20 --batch 100 --window 500
 esac
 case "$what" in ws | all)
-    run --scenario rate --subscribers 1000 --rate 1000 --duration 20 --transport ws
+    run --scenario rate --subscribers 1000 --rate 1000 --duration 20 --groups 1000 --transport ws
     run --scenario idle --subscribers 10000 --transport ws
 esac
