@@ -61,7 +61,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
 
 /// Log level when `WALCAST_LOG` is not set. The replication library's own
 /// error line is off: walcast reports the same error with its fix.
-const DEFAULT_LOG_FILTER: &str = "info,pgwire_replication::client::tokio_client=off";
+// warp logs every client that goes away mid-response (a closed browser tab,
+// a reset) as "ERROR server connection error"; with many clients that floods
+// the log with what is normal. `WALCAST_LOG=warp::server=debug` shows them.
+const DEFAULT_LOG_FILTER: &str =
+    "info,pgwire_replication::client::tokio_client=off,warp::server=off";
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WALCAST_LOG")

@@ -2,26 +2,25 @@
 //! `EventSource` reads them.
 //!
 //! Frames: `retry:` first; `id:` + `event: change` + `data: <event JSON>` per
-//! event (the event's bytes as encoded once, not copied); `event: gap` and
+//! event (the event's JSON as encoded once); `event: gap` and
 //! `event: error` with a JSON body; a comment every `heartbeat_secs`, with an
 //! `id:` line when the stream moved past events the filters skipped (so a
 //! reconnect does not read them again). Resume with the `Last-Event-ID`
 //! header (an `EventSource` sends it by itself) or `last_event_id` in the
-//! query. The stream ends with a comment at shutdown, with an `error` when the
+//! query. Frames ready together go out as one chunk (one write for a
+//! backlog). The stream ends with a comment at shutdown, with an `error` when the
 //! token expires, and with a `gap` (reason `lagged`) when the client falls
 //! too far behind.
 
 // A refused request's `Err` is the reply itself, made once per request.
 #![allow(clippy::result_large_err)]
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use warp::reply::Response;
 use warp::Reply;
@@ -89,7 +88,8 @@ struct SseStream {
     heartbeat: tokio::time::Interval,
     /// The id the client would resume from now.
     client_id: Option<EventId>,
-    out: VecDeque<Bytes>,
+    /// Frames not yet handed to the server, written as one chunk.
+    out: BytesMut,
     done: bool,
     _gauge: SubscriberGauge,
 }
@@ -102,17 +102,20 @@ fn stream(
 ) -> Response {
     let mut heartbeat = tokio::time::interval_at(Instant::now() + ctx.heartbeat, ctx.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut out = VecDeque::new();
+    let mut out = BytesMut::new();
     // An `id:` at once: a browser that reconnects before the first event
     // resumes from here instead of from "now".
     let start = match feed.start() {
         Some(id) => format!("id: {id}\n"),
         None => String::new(),
     };
-    out.push_back(Bytes::from(format!(
-        "retry: {RETRY_MS}\n{start}: walcast {} events for tenant {tenant}\n\n",
-        env!("CARGO_PKG_VERSION")
-    )));
+    out.extend_from_slice(
+        format!(
+            "retry: {RETRY_MS}\n{start}: walcast {} events for tenant {tenant}\n\n",
+            env!("CARGO_PKG_VERSION")
+        )
+        .as_bytes(),
+    );
     let state = SseStream {
         client_id: feed.start(),
         ctx,
@@ -123,24 +126,12 @@ fn stream(
         done: false,
         _gauge: SubscriberGauge::new(&tenant, "sse"),
     };
-    // The stream is produced by its own task: the body hyper polls must be
-    // Sync, the feed's futures are not.
-    let (tx, rx) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
-    tokio::spawn(async move {
-        let mut state = state;
-        loop {
-            let chunk = tokio::select! {
-                // The client went away.
-                _ = tx.closed() => break,
-                chunk = state.next_chunk() => chunk,
-            };
-            let Some(chunk) = chunk else { break };
-            if tx.send(chunk).await.is_err() {
-                break;
-            }
-        }
+    let body = futures_util::stream::unfold(state, |mut state| async move {
+        let chunk = state.next_chunk().await?;
+        Some((Ok::<Bytes, Infallible>(chunk), state))
     });
-    let mut response = warp::reply::stream(Chunks(rx)).into_response();
+    let mut response =
+        warp::reply::stream(SyncStream(std::sync::Mutex::new(Box::pin(body)))).into_response();
     let headers = response.headers_mut();
     use warp::http::HeaderValue;
     headers.insert(
@@ -154,10 +145,18 @@ fn stream(
 }
 
 impl SseStream {
+    /// The next chunk for the socket: every frame ready now, up to
+    /// `MAX_CHUNK` bytes, so that a backlog goes out in few writes.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
-            if let Some(chunk) = self.out.pop_front() {
-                return Some(chunk);
+            if !self.out.is_empty() {
+                while self.out.len() < MAX_CHUNK && !self.done {
+                    match self.feed.try_next() {
+                        Some(item) => self.item(item),
+                        None => break,
+                    }
+                }
+                return Some(self.out.split().freeze());
             }
             if self.done {
                 return None;
@@ -167,7 +166,7 @@ impl SseStream {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => {
                     self.done = true;
-                    self.out.push_back(Bytes::from_static(b": walcast is shutting down; reconnect (with Last-Event-ID) to resume\n\n"));
+                    self.out.extend_from_slice(b": walcast is shutting down; reconnect (with Last-Event-ID) to resume\n\n");
                 }
                 _ = sleep_until(expiry) => {
                     self.done = true;
@@ -178,9 +177,9 @@ impl SseStream {
                     let client_id = self.client_id;
                     if let Some(cursor) = self.feed.cursor().filter(|c| Some(*c) > client_id) {
                         self.client_id = Some(cursor);
-                        self.out.push_back(Bytes::from(format!("id: {cursor}\n: keep-alive\n\n")));
+                        self.out.extend_from_slice(format!("id: {cursor}\n: keep-alive\n\n").as_bytes());
                     } else {
-                        self.out.push_back(Bytes::from_static(b": keep-alive\n\n"));
+                        self.out.extend_from_slice(b": keep-alive\n\n");
                     }
                 }
             }
@@ -192,9 +191,9 @@ impl SseStream {
             FeedItem::Change { id, json } => {
                 self.client_id = Some(id);
                 self.out
-                    .push_back(Bytes::from(format!("id: {id}\nevent: change\ndata: ")));
-                self.out.push_back(json);
-                self.out.push_back(Bytes::from_static(b"\n\n"));
+                    .extend_from_slice(format!("id: {id}\nevent: change\ndata: ").as_bytes());
+                self.out.extend_from_slice(&json);
+                self.out.extend_from_slice(b"\n\n");
             }
             FeedItem::Gap {
                 after,
@@ -203,7 +202,7 @@ impl SseStream {
             } => {
                 let body = gap_json(None, after.or(self.client_id), resume_from, reason.as_str());
                 self.out
-                    .push_back(Bytes::from(format!("event: gap\ndata: {body}\n\n")));
+                    .extend_from_slice(format!("event: gap\ndata: {body}\n\n").as_bytes());
             }
             FeedItem::End(end) => {
                 self.done = true;
@@ -211,7 +210,7 @@ impl SseStream {
                     FeedEnd::Lagged => {
                         let body = gap_json(None, self.client_id, None, "lagged");
                         self.out
-                            .push_back(Bytes::from(format!("event: gap\ndata: {body}\n\n")));
+                            .extend_from_slice(format!("event: gap\ndata: {body}\n\n").as_bytes());
                     }
                     FeedEnd::TenantStopped => self.error(
                         "tenant_stopped",
@@ -226,24 +225,26 @@ impl SseStream {
     fn error(&mut self, code: &str, message: &str) {
         let body = json!({"type": "error", "code": code, "message": message});
         self.out
-            .push_back(Bytes::from(format!("event: error\ndata: {body}\n\n")));
+            .extend_from_slice(format!("event: error\ndata: {body}\n\n").as_bytes());
     }
 }
 
-/// Frames waiting for the socket; beyond them, the subscriber's queue fills.
-const CHUNKS_IN_FLIGHT: usize = 16;
+/// The largest chunk a stream hands over at once.
+const MAX_CHUNK: usize = 64 * 1024;
 
-/// The body: the frames the stream's task produces.
-struct Chunks(mpsc::Receiver<Bytes>);
+/// The body hyper polls must be `Sync`; the feed's futures are not. A mutex
+/// makes the stream `Sync`, and, since polling has `&mut`, is never locked.
+struct SyncStream<S>(std::sync::Mutex<S>);
 
-impl futures_util::Stream for Chunks {
-    type Item = Result<Bytes, Infallible>;
+impl<S: futures_util::Stream + Unpin> futures_util::Stream for SyncStream<S> {
+    type Item = S::Item;
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx).map(|chunk| chunk.map(Ok))
+        let inner = self.0.get_mut().unwrap_or_else(|p| p.into_inner());
+        std::pin::Pin::new(inner).poll_next(cx)
     }
 }
 

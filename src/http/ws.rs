@@ -128,16 +128,33 @@ pub async fn session(
                     None
                 }
             },
-            out = out_rx.recv() => match out {
-                Some(Out::Text(text)) => {
-                    if sink.send(Message::text(text)).await.is_err() {
-                        break;
+            out = out_rx.recv() => {
+                // Everything already waiting goes out with one flush.
+                let mut next = out;
+                let mut closing = None;
+                let mut batched = 0;
+                while let Some(out) = next.take() {
+                    match out {
+                        Out::Text(text) => {
+                            if sink.feed(Message::text(text)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Out::Close(code, reason) => {
+                            closing = Some(close(code, reason));
+                            break;
+                        }
                     }
-                    None
+                    batched += 1;
+                    if batched < OUTBOX {
+                        next = out_rx.try_recv().ok();
+                    }
                 }
-                Some(Out::Close(code, reason)) => Some(close(code, reason)),
-                None => None,
-            },
+                if sink.flush().await.is_err() {
+                    break;
+                }
+                closing
+            }
         };
         if let Some(close) = outgoing {
             let _ = sink.send(close).await;

@@ -101,6 +101,14 @@ impl LiveReceiver {
     }
 }
 
+impl LiveReceiver {
+    /// What is already queued, without waiting (None: nothing now, or the
+    /// end, which `recv` reports).
+    pub fn try_recv(&mut self) -> Option<Live> {
+        self.rx.try_recv().ok()
+    }
+}
+
 impl Drop for LiveReceiver {
     fn drop(&mut self) {
         self.fanout.remove(self.id);

@@ -173,22 +173,7 @@ impl Feed {
                     }
                 }
                 State::Live(live) => match live.recv().await {
-                    Ok(Live::Events(events)) => {
-                        for (id, json) in events {
-                            if self.cursor.is_some_and(|c| id <= c) {
-                                continue;
-                            }
-                            self.cursor = Some(id);
-                            self.ready.push_back(FeedItem::Change { id, json });
-                        }
-                    }
-                    Ok(Live::Reset { complete_from }) => {
-                        return FeedItem::Gap {
-                            after: self.cursor,
-                            resume_from: Some(complete_from),
-                            reason: GapReason::Resync,
-                        }
-                    }
+                    Ok(live) => self.take_live(live),
                     Err(LiveEnd::Lagged) => {
                         self.state = State::Done;
                         return FeedItem::End(FeedEnd::Lagged);
@@ -199,6 +184,40 @@ impl Feed {
                     }
                 },
             }
+        }
+    }
+
+    /// The next item if one is ready now, without waiting (for batching
+    /// what is queued into one write). The end is reported by `next`.
+    pub fn try_next(&mut self) -> Option<FeedItem> {
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
+            }
+            let State::Live(live) = &mut self.state else {
+                return None;
+            };
+            let live = live.try_recv()?;
+            self.take_live(live);
+        }
+    }
+
+    fn take_live(&mut self, live: Live) {
+        match live {
+            Live::Events(events) => {
+                for (id, json) in events {
+                    if self.cursor.is_some_and(|c| id <= c) {
+                        continue;
+                    }
+                    self.cursor = Some(id);
+                    self.ready.push_back(FeedItem::Change { id, json });
+                }
+            }
+            Live::Reset { complete_from } => self.ready.push_back(FeedItem::Gap {
+                after: self.cursor,
+                resume_from: Some(complete_from),
+                reason: GapReason::Resync,
+            }),
         }
     }
 
