@@ -127,13 +127,4 @@ impl Hubs {
             hub.fanout.close();
         }
     }
-
-    pub fn ids(&self) -> Vec<String> {
-        self.0
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
-    }
 }

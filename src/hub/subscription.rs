@@ -4,7 +4,6 @@
 //! matched against every event of its tables.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use super::schema::Schema;
 use crate::auth::{AuthError, Principal};
@@ -28,7 +27,8 @@ pub struct SubscriptionRequest {
     pub filters: Vec<String>,
 }
 
-/// Why a subscription cannot be made. `param` names the part at fault.
+/// Why a subscription cannot be made: the HTTP status, a stable code, and a
+/// message naming the part at fault and the fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestError {
     pub status: u16,
@@ -306,6 +306,3 @@ fn list(tables: &[TableName]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
-
-/// Keeps `Arc` out of the callers' way.
-pub type SharedSubscription = Arc<Subscription>;
