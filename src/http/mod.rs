@@ -100,40 +100,7 @@ pub fn client_routes(
                 state::state(ctx, tenant, table, query, authorization).await
             },
         );
-    let ws = warp::path!("v1" / String / "ws")
-        .and(warp::get())
-        .and(with_ctx)
-        .and(raw_query())
-        .and(warp::header::optional::<String>("authorization"))
-        .and(warp::ws())
-        .map(
-            |tenant: String,
-             ctx: Arc<ClientContext>,
-             query: String,
-             authorization: Option<String>,
-             upgrade: warp::ws::Ws| {
-                upgrade_ws(ctx, tenant, query, authorization, upgrade)
-            },
-        );
-    events.or(state).unify().or(ws).unify()
-}
-
-fn upgrade_ws(
-    ctx: Arc<ClientContext>,
-    tenant: String,
-    raw_query: String,
-    authorization: Option<String>,
-    upgrade: warp::ws::Ws,
-) -> Response {
-    let (hub, _query, principal) = match ctx.open(&tenant, &raw_query, authorization.as_deref()) {
-        Ok(opened) => opened,
-        Err(reply) => return reply,
-    };
-    upgrade
-        .max_message_size(ws::MAX_CLIENT_MESSAGE_BYTES)
-        .max_frame_size(ws::MAX_CLIENT_MESSAGE_BYTES)
-        .on_upgrade(move |socket| ws::session(socket, ctx, hub, principal))
-        .into_response()
+    events.or(state).unify()
 }
 
 /// A path segment with `%XX` decoded (`public.%22My%20Table%22`).
@@ -187,6 +154,75 @@ async fn rejection(err: Rejection) -> Result<Response, Rejection> {
     ))
 }
 
+/// The WebSocket endpoint's context and the allowed origins.
+type WebSocketRoute = Option<(Arc<ClientContext>, Arc<Vec<String>>)>;
+
+/// Accepts connections until `cancel` fires, then lets open requests
+/// finish. This is what `warp::serve` does, with one difference: requests to
+/// `/v1/<tenant>/ws` are upgraded here (`ws::upgrade`), with walcast's own
+/// WebSocket buffer sizes.
+async fn accept_loop<S>(
+    listener: TcpListener,
+    service: S,
+    websocket: WebSocketRoute,
+    cancel: CancellationToken,
+) where
+    S: tower_service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, for example: wait, then go on.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = service.clone();
+        let websocket = websocket.clone();
+        let handler =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut service = service.clone();
+                let websocket = websocket.clone();
+                async move {
+                    if let Some((ctx, origins)) = &websocket {
+                        if let Some(tenant) = ws::ws_path(req.uri().path()).map(str::to_owned) {
+                            return Ok(ws::upgrade(Arc::clone(ctx), origins, &tenant, req));
+                        }
+                    }
+                    tower_service::Service::call(&mut service, req).await
+                }
+            });
+        let mut builder =
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        builder.http1();
+        let connection = builder
+            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), handler)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                // A client that went away mid-response: normal, not an error.
+                tracing::debug!(%error, "http connection ended");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
 /// Serves the routes on every listener until `cancel` fires.
 pub fn serve(
     listeners: Vec<TcpListener>,
@@ -200,6 +236,9 @@ pub fn serve(
         tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http request");
     });
     let ops = ops::routes(ops_state).map(Reply::into_response);
+    let websocket: WebSocketRoute = client
+        .as_ref()
+        .map(|(ctx, server)| (Arc::clone(ctx), Arc::new(server.cors_origins.clone())));
     let routes: warp::filters::BoxedFilter<(Response,)> = match client {
         Some((ctx, server)) => {
             let inspector_enabled = server.inspector;
@@ -239,14 +278,16 @@ pub fn serve(
             "nosniff",
         ))
         .with(log);
+    let service = warp::service(routes);
     for listener in listeners {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "http listening (/v1 client API, /healthz, /readyz, /metrics)");
         }
-        let cancel = cancel.clone();
-        let server = warp::serve(routes.clone())
-            .incoming(listener)
-            .graceful(async move { cancel.cancelled().await });
-        tracker.spawn(server.run());
+        tracker.spawn(accept_loop(
+            listener,
+            service.clone(),
+            websocket.clone(),
+            cancel.clone(),
+        ));
     }
 }

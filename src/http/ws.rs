@@ -11,17 +11,28 @@
 //! id it received, then close code 1013; it can resume with `since`.
 //! The server pings every `heartbeat_secs` and closes a connection that has
 //! not been heard from for three of them (at least 10 s).
+//!
+//! The upgrade is finished here, not by warp's `ws` filter, so that the
+//! connection's buffers are ours to size: tungstenite would otherwise hold a
+//! 128 KiB read buffer per connection.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
-use warp::filters::ws::{Message, WebSocket};
+use warp::reply::Response;
 
 use super::client::{gap_json, ClientContext, SubscriberGauge};
 use super::sse::sleep_until;
@@ -61,9 +72,99 @@ impl Drop for SubTask {
     }
 }
 
+/// Read buffer per connection (tungstenite's default is 128 KiB, which
+/// 10,000 idle clients would turn into 1.3 GB).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes written per socket write, and queued before writes wait.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Whether a request is for the WebSocket endpoint (`/v1/<tenant>/ws`);
+/// returns the tenant.
+pub fn ws_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/")?;
+    let (tenant, tail) = rest.split_once('/')?;
+    (tail == "ws" && !tenant.is_empty()).then_some(tenant)
+}
+
+/// Answers a request to the WebSocket endpoint: refuses it (CORS, token,
+/// not an upgrade) with a JSON error, or switches protocols and runs the
+/// session.
+pub fn upgrade(
+    ctx: Arc<ClientContext>,
+    cors_origins: &[String],
+    tenant: &str,
+    mut req: hyper::Request<Incoming>,
+) -> Response {
+    use super::client::error;
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if req.method() != hyper::Method::GET {
+        return error(405, "method_not_allowed", "the client API takes GET only");
+    }
+    if let Some(origin) = header("origin") {
+        if !cors_origins.is_empty() && !cors_origins.iter().any(|o| o == "*" || o == origin) {
+            return error(
+                403,
+                "cors_forbidden",
+                "this origin may not open WebSockets here; add it to [server] cors_origins",
+            );
+        }
+    }
+    let is_upgrade = header("connection")
+        .is_some_and(|c| c.to_ascii_lowercase().contains("upgrade"))
+        && header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let Some(key) = header("sec-websocket-key")
+        .filter(|_| is_upgrade)
+        .map(str::to_owned)
+    else {
+        return error(400, "not_a_websocket", "this is the WebSocket endpoint: connect with a WebSocket client (SSE is /v1/<tenant>/events)");
+    };
+    if header("sec-websocket-version") != Some("13") {
+        return error(
+            400,
+            "bad_websocket_version",
+            "walcast speaks WebSocket version 13 (RFC 6455)",
+        );
+    }
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let authorization = header("authorization").map(str::to_owned);
+    let (hub, _query, principal) = match ctx.open(tenant, &query, authorization.as_deref()) {
+        Ok(opened) => opened,
+        Err(reply) => return reply,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => {
+                tracing::debug!(%error, "websocket upgrade failed");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER_BYTES)
+            .write_buffer_size(WRITE_BUFFER_BYTES)
+            .max_message_size(Some(MAX_CLIENT_MESSAGE_BYTES))
+            .max_frame_size(Some(MAX_CLIENT_MESSAGE_BYTES));
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        session(socket, ctx, hub, principal).await;
+    });
+    let mut response = Response::new(Default::default());
+    *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    use warp::http::HeaderValue;
+    headers.insert("connection", HeaderValue::from_static("upgrade"));
+    headers.insert("upgrade", HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        headers.insert("sec-websocket-accept", accept);
+    }
+    response
+}
+
 /// Runs one upgraded connection until it closes.
 pub async fn session(
-    socket: WebSocket,
+    socket: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
     ctx: Arc<ClientContext>,
     hub: Arc<TenantHub>,
     principal: Principal,
@@ -76,7 +177,12 @@ pub async fn session(
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval_at(Instant::now() + ctx.heartbeat, ctx.heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let close = |code: u16, reason: String| Message::close_with(code, reason);
+    let close = |code: u16, reason: String| {
+        Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        }))
+    };
     loop {
         let expiry = expiry(&ctx, &principal);
         let outgoing = tokio::select! {
@@ -93,7 +199,7 @@ pub async fn session(
                 if last_heard.elapsed() > silent_after(ctx.heartbeat) {
                     Some(close(CLOSE_SILENT, "no pong or message for three heartbeats".into()))
                 } else {
-                    if sink.send(Message::ping(Vec::new())).await.is_err() {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
                         break;
                     }
                     None
@@ -102,8 +208,8 @@ pub async fn session(
             incoming = stream.next() => match incoming {
                 None => break,
                 Some(Err(err)) => {
-                    let too_big = err.to_string().contains("too long") || err.to_string().contains("Space limit") || err.to_string().contains("capacity");
-                    if too_big {
+                    use tokio_tungstenite::tungstenite::Error;
+                    if matches!(err, Error::Capacity(_)) {
                         let _ = sink.send(close(CLOSE_TOO_BIG, format!("messages are limited to {MAX_CLIENT_MESSAGE_BYTES} bytes"))).await;
                     }
                     break;
@@ -116,9 +222,9 @@ pub async fn session(
                     if message.is_ping() || message.is_pong() {
                         continue;
                     }
-                    let reply = match message.to_str() {
-                        Ok(text) => handle(text, &ctx, &hub, &mut principal, &mut subs, &out_tx),
-                        Err(()) => Some(error_json(None, "bad_message", "send JSON text frames, like {\"type\":\"subscribe\",\"id\":\"s1\",\"tables\":[\"public.tasks\"]}")),
+                    let reply = match &message {
+                        Message::Text(text) => handle(text, &ctx, &hub, &mut principal, &mut subs, &out_tx),
+                        _ => Some(error_json(None, "bad_message", "send JSON text frames, like {\"type\":\"subscribe\",\"id\":\"s1\",\"tables\":[\"public.tasks\"]}")),
                     };
                     if let Some(reply) = reply {
                         if sink.send(Message::text(reply.to_string())).await.is_err() {
