@@ -134,8 +134,11 @@ struct Call<'a> {
 
 impl Encoder {
     /// Starts a call: keys, header, the tables it touches.
+    /// `capacity`: about how many arguments and bytes the call will hold (a
+    /// command that grows as it is written is copied each time it does).
     fn begin<'a>(
         &'a self,
+        capacity: (usize, usize),
         tables: Vec<&'a TablePlan>,
         end_lsn: Option<Lsn>,
         epoch: &str,
@@ -145,8 +148,9 @@ impl Encoder {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.script.get_hash())
+        let mut cmd = Cmd::with_capacity(capacity.0, capacity.1);
+        cmd.arg("EVALSHA")
+            .arg(self.script.get_hash())
             .arg(4)
             .arg(self.keys.applied())
             .arg(self.keys.events())
@@ -207,7 +211,10 @@ impl Encoder {
         epoch: &str,
         after: Option<EventId>,
     ) -> (Cmd, Option<EventId>) {
-        let mut call = self.begin(self.tables_of(events), end_lsn, epoch, after);
+        // An event's JSON, and as much again for its row when mirrored.
+        let bytes: usize = events.iter().map(|e| 2 * e.encoded().len() + 128).sum();
+        let capacity = (32 * events.len() + 32, bytes + 1024);
+        let mut call = self.begin(capacity, self.tables_of(events), end_lsn, epoch, after);
         for event in events {
             self.push_event(&mut call, event);
         }
@@ -765,7 +772,13 @@ impl RedisSink {
             self.drop_legacy_rows(table).await?;
         }
         let encoder = &self.encoder;
-        let mut call = encoder.begin(encoder.tables.values().collect(), None, "", None);
+        let mut call = encoder.begin(
+            (64, 1024),
+            encoder.tables.values().collect(),
+            None,
+            "",
+            None,
+        );
         for t in 1..=call.tables.len() {
             encoder.push_unguarded(&mut call, &[RowOp::Truncate { table: t }]);
         }
@@ -826,7 +839,13 @@ impl RedisSink {
         let Some(plan) = encoder.tables.get(table) else {
             return Ok(());
         };
-        let mut call = encoder.begin(vec![plan], None, "", None);
+        let mut call = encoder.begin(
+            (32 * rows.len() + 32, 512 * rows.len() + 1024),
+            vec![plan],
+            None,
+            "",
+            None,
+        );
         for row in rows {
             if !plan.rule.hot_when.iter().all(|f| f.matches(row)) {
                 continue;
