@@ -50,7 +50,7 @@ fn config(
         ""
     });
     text.push_str(&format!(
-        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nheartbeat_secs = 1\nsubscriber_queue = 16\nready_grace_secs = 0\n\n"
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nheartbeat_secs = 1\nsubscriber_queue = 1000\nready_grace_secs = 0\n\n"
     ));
     if let Some(redis) = redis {
         text.push_str(&format!(
@@ -205,13 +205,39 @@ fn ws_connect(port: u16, tenant: &str, token: &str) -> Ws {
     ws
 }
 
+/// A WebSocket whose socket holds at most 64 KiB unread, like a client on a
+/// slow link (loopback would otherwise let the kernel buffer tens of MB).
+fn ws_connect_slow(port: u16, tenant: &str, token: &str) -> Ws {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut request = format!("ws://127.0.0.1:{port}/v1/{tenant}/ws")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = tungstenite::client(request, tungstenite::stream::MaybeTlsStream::Plain(stream))
+        .expect("websocket connects");
+    ws
+}
+
 fn ws_send(ws: &mut Ws, message: Value) {
     ws.send(Message::text(message.to_string())).unwrap();
 }
 
 /// The next JSON message (pings are answered by tungstenite).
 fn ws_next(ws: &mut Ws) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
     loop {
+        // Pings keep the socket busy: the read timeout alone never fires.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no websocket message within {WAIT:?}"
+        );
         match ws.read().expect("a websocket message") {
             Message::Text(text) => return serde_json::from_str(&text).unwrap(),
             Message::Close(frame) => {
@@ -651,7 +677,7 @@ fn without_redis_slow_clients_expiry_shutdown_and_a_thousand_subscribers() {
 
     // -- A client that does not read is cut off with a gap telling where to
     // resume; replication and other subscribers go on.
-    let mut slow = ws_connect(port, "acme", &op);
+    let mut slow = ws_connect_slow(port, "acme", &op);
     ws_subscribe(
         &mut slow,
         json!({"type": "subscribe", "id": "slow", "tables": ["public.tasks"]}),
@@ -676,7 +702,9 @@ fn without_redis_slow_clients_expiry_shutdown_and_a_thousand_subscribers() {
         std::thread::sleep(Duration::from_millis(10));
         let m = ws_next(&mut slow);
         match m["type"].as_str() {
-            Some("change") => received.push(m["event"]["id"].as_str().unwrap().to_owned()),
+            Some("change") => {
+                received.push(m["event"]["id"].as_str().unwrap().to_owned());
+            }
             Some("gap") => break m,
             other => panic!("unexpected {other:?}: {m}"),
         }

@@ -581,8 +581,8 @@ fn a_large_transaction_cut_off_midway_is_completed_exactly_once() {
             "in order, no gap, no repeat"
         );
     }
-    let rows: i64 = redis::cmd("SCARD")
-        .arg("walcast:{acme}:rows:public.jobs")
+    let rows: i64 = redis::cmd("HLEN")
+        .arg("walcast:{acme}:rowindex:public.jobs")
         .query(&mut con)
         .unwrap();
     assert_eq!(rows, ROWS);

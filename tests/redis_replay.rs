@@ -97,8 +97,8 @@ fn replayed_batches_are_written_once() {
         )),
         "{applied:?}"
     );
-    let rows: i64 = redis::cmd("SCARD")
-        .arg("walcast:{acme}:rows:public.jobs")
+    let rows: i64 = redis::cmd("HLEN")
+        .arg("walcast:{acme}:rowindex:public.jobs")
         .query(&mut con)
         .unwrap();
     assert_eq!(rows, 3 + walcast::sink::redis::BATCH_EVENTS as i64 + 10);
@@ -254,4 +254,95 @@ fn stream_retention_by_length_and_by_age() {
         .map(|e| e["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids, ["30-0"]);
+}
+
+/// The durable-events callback hears of every batch once it is in Redis, in
+/// stream order, with exactly the events written; a batch Redis refused is
+/// never reported. Several batches are in flight at once here (a transaction
+/// of several chunks), and the script cache is flushed midway (NOSCRIPT).
+#[test]
+fn durable_callback_reports_batches_in_order_once_in_redis() {
+    let redis = LocalRedis::start().expect("redis");
+    let (sink, rt) = sink_for(
+        &redis,
+        "[[mirror]]\ntable = \"jobs\"\nindex = [\"status\"]\n",
+    );
+    let reported: Arc<std::sync::Mutex<Vec<Vec<EventId>>>> = Arc::default();
+    let seen = Arc::clone(&reported);
+    sink.set_on_durable(Arc::new(move |events: &[ChangeEvent]| {
+        seen.lock()
+            .unwrap()
+            .push(events.iter().map(|e| e.id).collect());
+    }));
+    let batch = walcast::sink::redis::BATCH_EVENTS as u32;
+    let big: Vec<ChangeEvent> = (0..(3 * batch + 7))
+        .map(|i| event(100, i, i64::from(i), "running"))
+        .collect();
+    let mut con = redis_conn(&redis);
+    rt.block_on(async {
+        // Written in pieces, as the pipeline hands them over.
+        for piece in big.chunks(200) {
+            sink.write(piece).await.unwrap();
+        }
+        sink.commit(Some(Lsn(150))).await.unwrap();
+    });
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut con).unwrap();
+    rt.block_on(async {
+        for n in 0..3u32 {
+            let txn: Vec<ChangeEvent> = (0..batch + 1)
+                .map(|i| {
+                    event(
+                        200 + u64::from(n),
+                        i,
+                        10_000 + i64::from(n * 1000 + i),
+                        "queued",
+                    )
+                })
+                .collect();
+            sink.write(&txn).await.unwrap();
+            sink.commit(Some(Lsn(250 + u64::from(n)))).await.unwrap();
+        }
+    });
+    let stream: Vec<String> = stream_events(&mut con, "acme")
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    {
+        let reported = reported.lock().unwrap();
+        assert!(
+            reported
+                .iter()
+                .all(|b| !b.is_empty() && b.len() <= batch as usize),
+            "one call per batch of at most {batch} events"
+        );
+        let flat: Vec<String> = reported.iter().flatten().map(|id| id.to_string()).collect();
+        assert_eq!(
+            flat, stream,
+            "reported exactly the events in the stream, in order"
+        );
+    }
+
+    // Redis lost the tenant's data: the next transaction is refused and not
+    // reported.
+    let before = reported.lock().unwrap().len();
+    let _: () = redis::cmd("DEL")
+        .arg("walcast:{acme}:epoch")
+        .query(&mut con)
+        .unwrap();
+    let refused = rt.block_on(async {
+        let txn: Vec<ChangeEvent> = (0..2 * batch)
+            .map(|i| event(300, i, 50_000 + i64::from(i), "queued"))
+            .collect();
+        sink.write(&txn).await?;
+        sink.commit(Some(Lsn(350))).await
+    });
+    assert!(
+        matches!(refused, Err(walcast::sink::SinkError::Lost)),
+        "{refused:?}"
+    );
+    assert_eq!(
+        reported.lock().unwrap().len(),
+        before,
+        "nothing refused is reported"
+    );
 }

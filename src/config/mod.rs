@@ -63,9 +63,9 @@ pub struct ServerConfig {
     /// Browser origins allowed to call the client API (CORS); `*` allows any.
     /// Empty: no CORS headers (same-origin pages and non-browser clients only).
     pub cors_origins: Vec<String>,
-    /// Publications (a transaction's matching events, or a chunk of up to
-    /// 500 of a large one) queued per subscription before the client counts
-    /// as too slow and is cut off (with the id to resume from).
+    /// Events queued per subscription before the client counts as too slow
+    /// and is cut off (with the id to resume from). A transaction (or 500
+    /// events of a large one) arriving at an empty queue is always taken.
     pub subscriber_queue: usize,
     /// How often idle SSE streams get a comment and WebSockets a ping.
     pub heartbeat: Duration,
@@ -76,7 +76,7 @@ pub struct ServerConfig {
 }
 
 /// Default of `[server] subscriber_queue`.
-pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 256;
+pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 4096;
 /// Default of `[server] heartbeat_secs`.
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
 /// Default of `[server] max_subscriptions`.

@@ -56,6 +56,8 @@ const CLOSE_SILENT: u16 = 4002;
 const CLOSE_TENANT_STOPPED: u16 = 1012;
 /// How long a closing connection waits for the client's close.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// The same, for a client cut off for being slow.
+const CLOSE_WAIT_LAGGED: Duration = Duration::from_secs(15);
 
 enum Out {
     Text(String),
@@ -263,11 +265,19 @@ pub async fn session(
             }
         };
         if let Some(close) = outgoing {
+            // A client cut off for being slow still has a backlog to read
+            // before it sees the close: give it longer.
+            let wait = match &close {
+                Message::Close(Some(frame)) if u16::from(frame.code) == CLOSE_TRY_AGAIN => {
+                    CLOSE_WAIT_LAGGED
+                }
+                _ => CLOSE_WAIT,
+            };
             let _ = sink.send(close).await;
             // Let the client read what was sent and answer the close: a
             // socket closed with unread input would be reset, and the
             // client would lose the last messages.
-            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            let _ = tokio::time::timeout(wait, async {
                 while let Some(Ok(message)) = stream.next().await {
                     if message.is_close() {
                         break;

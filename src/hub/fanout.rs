@@ -1,9 +1,10 @@
 //! The live half of delivery: sinks publish a tenant's events here once they
 //! are durable (the Redis script succeeded, or the in-memory ring committed
 //! them), and each event goes, as the bytes it was encoded to once, into the
-//! bounded queue of every subscriber whose subscription matches. A queue
-//! holds publications (a transaction, or a chunk of a large one), so that a
-//! burst from one large transaction does not count as a slow client.
+//! bounded queue of every subscriber whose subscription matches. The bound
+//! counts events not yet read; a publication (a transaction, or 500 events of
+//! a large one) into an empty queue is always taken, so that a burst from one
+//! large transaction does not count as a slow client.
 //!
 //! Subscribers are indexed by table, so an event costs nothing for the
 //! subscribers of other tables. Publishing never waits: a subscriber whose
@@ -12,7 +13,7 @@
 //! id to resume from).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -71,6 +72,8 @@ impl Clone for Slot {
 #[derive(Default)]
 struct Shared {
     lagged: AtomicBool,
+    /// Events handed over and not yet taken by the receiver.
+    queued: AtomicUsize,
 }
 
 /// The receiving end of one subscription; unsubscribes when dropped.
@@ -94,7 +97,7 @@ impl LiveReceiver {
     /// The next event, or why there are no more.
     pub async fn recv(&mut self) -> Result<Live, LiveEnd> {
         match self.rx.recv().await {
-            Some(live) => Ok(live),
+            Some(live) => Ok(self.taken(live)),
             None if self.shared.lagged.load(Ordering::Acquire) => Err(LiveEnd::Lagged),
             None => Err(LiveEnd::Closed),
         }
@@ -105,7 +108,15 @@ impl LiveReceiver {
     /// What is already queued, without waiting (None: nothing now, or the
     /// end, which `recv` reports).
     pub fn try_recv(&mut self) -> Option<Live> {
-        self.rx.try_recv().ok()
+        let live = self.rx.try_recv().ok()?;
+        Some(self.taken(live))
+    }
+
+    fn taken(&self, live: Live) -> Live {
+        if let Live::Events(events) = &live {
+            self.shared.queued.fetch_sub(events.len(), Ordering::AcqRel);
+        }
+        live
     }
 }
 
@@ -216,8 +227,24 @@ impl Fanout {
             }
         }
         for (id, (slot, batch)) in batches {
-            let n = batch.len() as u64;
-            match slot.tx.try_send(Live::Events(batch)) {
+            let n = batch.len();
+            // A publication into an empty queue is taken whatever its size (a
+            // large transaction is not a slow client); on top of events not
+            // yet read, it must fit the bound.
+            let queued = slot.shared.queued.load(Ordering::Acquire);
+            let fits = queued == 0 || queued + n <= self.queue;
+            let sent = if fits {
+                slot.shared.queued.fetch_add(n, Ordering::AcqRel);
+                let sent = slot.tx.try_send(Live::Events(batch));
+                if sent.is_err() {
+                    slot.shared.queued.fetch_sub(n, Ordering::AcqRel);
+                }
+                sent
+            } else {
+                Err(mpsc::error::TrySendError::Full(Live::Events(batch)))
+            };
+            let n = n as u64;
+            match sent {
                 Ok(()) => delivered += n,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     slot.shared.lagged.store(true, Ordering::Release);

@@ -14,9 +14,10 @@ use crate::model::{EventId, Op, TableName};
 /// At most this many rows in one answer; a larger hot set is refused.
 pub const MAX_STATE_ROWS: usize = 100_000;
 
-/// Reads every row key of the table and the applied watermark atomically.
+/// Reads every row of the table (the keys of its row index) and the applied
+/// watermark atomically.
 const READ_STATE: &str = r"
-local keys = redis.call('SMEMBERS', KEYS[1])
+local keys = redis.call('HKEYS', KEYS[1])
 if #keys > tonumber(ARGV[1]) then return {'too_many', #keys} end
 local rows = {}
 for _, key in ipairs(keys) do
@@ -91,7 +92,7 @@ pub async fn read(
     };
     let mut conn = conn.clone();
     let reply: redis::Value = Script::new(READ_STATE)
-        .key(keys.rows(table))
+        .key(keys.rowindex(table))
         .key(keys.applied())
         .arg(MAX_STATE_ROWS)
         .arg(format)

@@ -192,6 +192,11 @@ fn write_row(out: &mut Vec<u8>, row: Option<&RowImage>) {
 }
 
 /// One value as JSON text (what a mirrored hash field holds).
+/// Appends a value's JSON text (as `datum_json` returns it) to `out`.
+pub fn write_datum_json(out: &mut Vec<u8>, value: &Datum) {
+    write_datum(out, value);
+}
+
 pub fn datum_json(value: &Datum) -> String {
     let mut out = Vec::new();
     write_datum(&mut out, value);

@@ -32,6 +32,10 @@ pub enum SinkError {
     /// the tenant must be snapshotted again.
     #[error("redis lost this tenant's data (its epoch marker is gone); re-snapshotting")]
     Lost,
+    /// An earlier batch of the session failed, so this one was not written
+    /// (it would have landed out of order).
+    #[error("not written: an earlier batch of this session failed")]
+    Abandoned,
 }
 
 impl SinkError {
@@ -47,6 +51,11 @@ pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + S
 pub trait EventSink: Send + Sync {
     /// Takes events in commit order. They may be buffered until `commit`.
     fn write<'a>(&'a self, events: &'a [ChangeEvent]) -> SinkFuture<'a>;
+    /// `write` for events the caller is done with: a sink that keeps them
+    /// until `commit` takes them without copying.
+    fn write_owned(&self, events: Vec<ChangeEvent>) -> SinkFuture<'_> {
+        Box::pin(async move { self.write(&events).await })
+    }
     /// Makes everything written so far durable; after it returns the
     /// transaction (ending at `end_lsn`, if it is one) may be confirmed.
     fn commit(&self, end_lsn: Option<Lsn>) -> SinkFuture<'_>;

@@ -158,7 +158,10 @@ impl PipelineError {
             PipelineError::Sink { source, .. } => {
                 matches!(
                     source,
-                    SinkError::Lost | SinkError::Redis(_) | SinkError::Connect(_)
+                    SinkError::Lost
+                        | SinkError::Redis(_)
+                        | SinkError::Connect(_)
+                        | SinkError::Abandoned
                 )
             }
             PipelineError::Snapshot { .. } => true,
@@ -579,13 +582,12 @@ async fn write(
         events.retain(|e| e.table().is_some_and(|t| tables.contains(t)));
     }
     if !events.is_empty() {
-        sink.write(events)
+        sink.write_owned(std::mem::take(events))
             .await
             .map_err(|source| PipelineError::Sink {
                 tenant: tenant.id.to_string(),
                 source,
             })?;
-        events.clear();
     }
     Ok(())
 }

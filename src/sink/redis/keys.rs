@@ -41,29 +41,20 @@ impl Keys {
         format!("{}:stream_times", self.base)
     }
 
-    /// Prefix of the mirrored rows: `<prefix>:{t}:row:`.
-    pub fn row_prefix(&self) -> String {
-        format!("{}:row:", self.base)
-    }
-
-    /// Prefix of the per-row index membership sets.
-    pub fn rowidx_prefix(&self) -> String {
-        format!("{}:rowidx:", self.base)
+    /// Prefix of one table's mirrored rows: `<prefix>:{t}:row:<table>:`.
+    pub fn row_prefix(&self, table: &TableName) -> String {
+        format!("{}:row:{}:", self.base, table_part(table))
     }
 
     /// One mirrored row.
     pub fn row(&self, table: &TableName, key: &str) -> String {
-        format!("{}:row:{}:{key}", self.base, table_part(table))
+        format!("{}{key}", self.row_prefix(table))
     }
 
-    /// The index sets one row is a member of.
-    pub fn rowidx(&self, table: &TableName, key: &str) -> String {
-        format!("{}:rowidx:{}:{key}", self.base, table_part(table))
-    }
-
-    /// Every row key of a mirrored table.
-    pub fn rows(&self, table: &TableName) -> String {
-        format!("{}:rows:{}", self.base, table_part(table))
+    /// The row index of a mirrored table: a hash from every row key walcast
+    /// wrote to the index sets that row is in (newline-separated).
+    pub fn rowindex(&self, table: &TableName) -> String {
+        format!("{}:rowindex:{}", self.base, table_part(table))
     }
 
     /// Every index set key of a mirrored table.
@@ -73,8 +64,13 @@ impl Keys {
 
     /// The set of rows whose `column` has the value whose JSON text is `value_json`.
     pub fn index(&self, table: &TableName, column: &str, value_json: &str) -> String {
+        format!("{}{value_json}", self.index_prefix(table, column))
+    }
+
+    /// The index sets of one column, without the value's JSON text.
+    pub fn index_prefix(&self, table: &TableName, column: &str) -> String {
         format!(
-            "{}:idx:{}:{}:{value_json}",
+            "{}:idx:{}:{}:",
             self.base,
             table_part(table),
             escape(column)
@@ -89,7 +85,15 @@ fn table_part(table: &TableName) -> String {
 /// The key part of a row: its key columns' values, each percent-encoded,
 /// joined by `,`. `None` when a key column is missing from the image.
 pub fn row_key(image: &RowImage, columns: &[&str]) -> Option<String> {
-    let mut parts = Vec::with_capacity(columns.len());
+    row_key_of(image, columns.iter().copied())
+}
+
+/// `row_key` for columns given one by one.
+pub fn row_key_of<'a>(
+    image: &RowImage,
+    columns: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    let mut parts = Vec::new();
     for column in columns {
         let text = match image.get(column)? {
             Datum::Int(i) => i.to_string(),
@@ -130,8 +134,8 @@ mod tests {
         assert_eq!(key, "a%3Ab%7D%7Bc%2Cd");
         let odd = TableName::new("my.schema", "t:{x}");
         assert_eq!(
-            keys.rows(&odd),
-            "walcast:{acme}:rows:my%2Eschema.t%3A%7Bx%7D"
+            keys.rowindex(&odd),
+            "walcast:{acme}:rowindex:my%2Eschema.t%3A%7Bx%7D"
         );
         let two = RowImage(vec![
             ("a".into(), Datum::Int(1)),

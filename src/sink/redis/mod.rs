@@ -10,30 +10,52 @@
 //! replication waits meanwhile (the replication client keeps the walsender
 //! alive). Redis that lost the tenant's data (no epoch marker) fails the batch
 //! with `SinkError::Lost`: the tenant reconnects and re-snapshots.
+//!
+//! In order, overlapped: one writer task per sink encodes the batches and
+//! sends them on the multiplexed connection in submission order, up to
+//! `WINDOW` before the oldest has answered, so Redis runs one batch while the
+//! next is encoded and on its way. Redis runs a connection's commands in the
+//! order they arrive; in case they do not arrive in order (a reconnect, a
+//! retry) each batch names the last event of the batches sent before it and
+//! the script refuses it, writing nothing, unless those are in. The writer
+//! then sends it again after them. Results are taken strictly in order: a
+//! batch counts (and is reported durable) only after every batch before it.
 
 mod keys;
 
-pub use keys::{row_key, Keys};
+pub use keys::{row_key, row_key_of, Keys};
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io::Write as _;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManager;
-use redis::Script;
-use tokio::sync::Mutex;
+use redis::{Cmd, RedisResult, Script, Value};
+use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::{EventSink, SinkError, SinkFuture};
 use crate::config::{MirrorFormat, MirrorRule, RedisConfig, TenantConfig, TenantId};
 use crate::model::{
-    datum_json, row_json, ChangeBody, ChangeEvent, Datum, EventId, Lsn, Op, RowImage, TableName,
+    row_json, write_datum_json, ChangeBody, ChangeEvent, Datum, EventId, Lsn, Op, RowImage,
+    TableName,
 };
 
 /// Events per script call: bounds the script's run time and memory; a larger
 /// transaction goes in several calls, each guarded by event id.
 pub const BATCH_EVENTS: usize = 500;
+/// Batches sent before the oldest one answered. Two keep Redis busy while the
+/// next is encoded and sent; a third absorbs jitter between the two sides.
+const WINDOW: usize = 3;
 /// The longest wait between retries while Redis is unreachable.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// Called with each batch of events once it is durably in Redis (see
+/// `RedisSink::set_on_durable`).
+pub type OnDurable = Arc<dyn Fn(&[ChangeEvent]) + Send + Sync>;
 
 /// Connects to Redis (with the configured timeouts) and checks it answers.
 pub async fn connect(config: &RedisConfig) -> Result<ConnectionManager, SinkError> {
@@ -49,86 +71,545 @@ pub async fn connect(config: &RedisConfig) -> Result<ConnectionManager, SinkErro
 
 /// Sortable form of an event id for the script's string comparison.
 pub fn sortable_id(id: EventId) -> String {
-    format!("{:020}-{:010}", id.commit_lsn.0, id.index)
+    let mut out = Vec::with_capacity(31);
+    write_sortable(&mut out, id);
+    String::from_utf8(out).unwrap_or_default()
 }
 
-/// What runs the batch script: shared with the task that writes a batch
-/// while the next one is being built.
-struct ScriptRunner {
+fn write_sortable(out: &mut Vec<u8>, id: EventId) {
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{:020}-{:010}", id.commit_lsn.0, id.index);
+}
+
+/// What the script needs to know of one mirrored table, computed once.
+struct TablePlan {
+    rule: MirrorRule,
+    /// `<prefix>:{t}:row:<table>:`
+    row_prefix: String,
+    /// Each index column with the prefix of its index sets.
+    index: Vec<(String, String)>,
+    rowindex: String,
+    idxsets: String,
+}
+
+/// Turns batches into script calls (`EVALSHA` with the arguments laid out as
+/// apply_batch.lua reads them) and sends them.
+struct Encoder {
     tenant: TenantId,
     keys: Keys,
-    conn: ConnectionManager,
     config: RedisConfig,
+    tables: HashMap<TableName, TablePlan>,
     script: Script,
 }
 
-impl ScriptRunner {
-    /// Runs the batch script, retrying while Redis is unreachable.
-    async fn run(
-        &self,
-        entries: &[Entry],
+/// A row write or removal of one entry, before it is encoded.
+enum RowOp<'a> {
+    Put {
+        table: usize,
+        key: String,
+        /// The row cannot exist yet: no clean-up of an older version.
+        new_row: bool,
+        hot: bool,
+        row: &'a RowImage,
+    },
+    Delete {
+        table: usize,
+        key: String,
+    },
+    Truncate {
+        table: usize,
+    },
+}
+
+/// The script's arguments being written.
+struct Call<'a> {
+    cmd: Cmd,
+    tables: Vec<&'a TablePlan>,
+    /// Reused for values that are built before they are written.
+    scratch: Vec<u8>,
+    timed: bool,
+    /// The sortable id of the newest event in the call.
+    newest: Option<EventId>,
+}
+
+impl Encoder {
+    /// Starts a call: keys, header, the tables it touches.
+    /// `capacity`: about how many arguments and bytes the call will hold (a
+    /// command that grows as it is written is copied each time it does).
+    fn begin<'a>(
+        &'a self,
+        capacity: (usize, usize),
+        tables: Vec<&'a TablePlan>,
         end_lsn: Option<Lsn>,
         epoch: &str,
-    ) -> Result<u64, SinkError> {
+        after: Option<EventId>,
+    ) -> Call<'a> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
+        let mut cmd = Cmd::with_capacity(capacity.0, capacity.1);
+        cmd.arg("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(4)
+            .arg(self.keys.applied())
+            .arg(self.keys.events())
+            .arg(self.keys.epoch())
+            .arg(self.keys.stream_times())
+            .arg(epoch)
+            .arg(end_lsn.map(|l| l.0.to_string()).unwrap_or_default())
+            .arg(
+                self.config
+                    .stream_max_len
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(
+                self.config
+                    .stream_max_age
+                    .map(|age| now.saturating_sub(age.as_secs()).to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(after.map(sortable_id).unwrap_or_default())
+            .arg(tables.len());
+        for plan in &tables {
+            cmd.arg(&plan.rowindex)
+                .arg(&plan.idxsets)
+                .arg(match plan.rule.format {
+                    MirrorFormat::Hash => "h",
+                    MirrorFormat::Json => "j",
+                });
+        }
+        Call {
+            cmd,
+            tables,
+            scratch: Vec::with_capacity(256),
+            timed: self.config.stream_max_age.is_some(),
+            newest: None,
+        }
+    }
+
+    /// The mirrored tables these events touch, each once.
+    fn tables_of<'a>(&'a self, events: &[ChangeEvent]) -> Vec<&'a TablePlan> {
+        let mut tables: Vec<&TablePlan> = Vec::new();
+        for event in events {
+            if let Some(plan) = event.table().and_then(|t| self.tables.get(t)) {
+                if !tables.iter().any(|p| std::ptr::eq(*p, plan)) {
+                    tables.push(plan);
+                }
+            }
+        }
+        tables
+    }
+
+    /// The script call that writes `events` (`after`: the newest event sent
+    /// before them in this session, for the order guard).
+    fn events_call(
+        &self,
+        events: &[ChangeEvent],
+        end_lsn: Option<Lsn>,
+        epoch: &str,
+        after: Option<EventId>,
+    ) -> (Cmd, Option<EventId>) {
+        // An event's JSON, and as much again for its row when mirrored.
+        let bytes: usize = events.iter().map(|e| 2 * e.encoded().len() + 128).sum();
+        let capacity = (32 * events.len() + 32, bytes + 1024);
+        let mut call = self.begin(capacity, self.tables_of(events), end_lsn, epoch, after);
+        for event in events {
+            self.push_event(&mut call, event);
+        }
+        (call.cmd, call.newest)
+    }
+
+    /// The key of a mirrored row in `image`: the rule's key columns, else the
+    /// event's replica identity columns.
+    fn key_of(&self, rule: &MirrorRule, event: &ChangeEvent, image: &RowImage) -> Option<String> {
+        if let Some(columns) = &rule.key {
+            return row_key_of(image, columns.iter().map(String::as_str));
+        }
+        match &event.body {
+            ChangeBody::Row { key: Some(key), .. } if !key.0.is_empty() => {
+                row_key_of(image, key.0.iter().map(|(c, _)| &**c))
+            }
+            _ => None,
+        }
+    }
+
+    fn push_event(&self, call: &mut Call<'_>, event: &ChangeEvent) {
+        let mut ops: Vec<RowOp<'_>> = Vec::new();
+        match &event.body {
+            ChangeBody::Row {
+                table, new, old, ..
+            } => {
+                if let Some(plan) = self.tables.get(table) {
+                    let t = table_number(call, plan);
+                    let rule = &plan.rule;
+                    let image = if event.op == Op::Delete {
+                        old.as_ref()
+                    } else {
+                        new.as_ref()
+                    };
+                    let key = image.and_then(|img| self.key_of(rule, event, img));
+                    // An update that changed the key: the old row goes away.
+                    if event.op == Op::Update {
+                        if let Some(old_key) =
+                            old.as_ref().and_then(|o| self.key_of(rule, event, o))
+                        {
+                            if Some(&old_key) != key.as_ref() {
+                                ops.push(RowOp::Delete {
+                                    table: t,
+                                    key: format!("{}{old_key}", plan.row_prefix),
+                                });
+                            }
+                        }
+                    }
+                    let key = key.map(|k| format!("{}{k}", plan.row_prefix));
+                    match (key, event.op) {
+                        (Some(key), Op::Delete) => ops.push(RowOp::Delete { table: t, key }),
+                        (Some(key), _) => {
+                            let row = new.as_ref().expect("insert and update carry a new row");
+                            let hot = rule.hot_when.iter().all(|f| f.matches(row));
+                            // An INSERT keyed by the replica identity cannot
+                            // find an older version.
+                            let new_row = event.op == Op::Insert && rule.key.is_none();
+                            if !hot && rule.keep_cold_for.is_zero() && new_row {
+                                // a cold INSERT leaves nothing to write or remove
+                            } else if hot || !rule.keep_cold_for.is_zero() {
+                                ops.push(RowOp::Put {
+                                    table: t,
+                                    key,
+                                    new_row,
+                                    hot,
+                                    row,
+                                });
+                            } else {
+                                ops.push(RowOp::Delete { table: t, key });
+                            }
+                        }
+                        (None, _) => {
+                            tracing::warn!(tenant = %self.tenant, %table, "row has no key columns; not mirrored (give the table a primary key or set the mirror rule's key)");
+                        }
+                    }
+                }
+            }
+            ChangeBody::Truncate { table, .. } => {
+                if let Some(plan) = self.tables.get(table) {
+                    let t = table_number(call, plan);
+                    ops.push(RowOp::Truncate { table: t });
+                }
+            }
+            ChangeBody::Message { .. } => {}
+        }
+        call.scratch.clear();
+        write_sortable(&mut call.scratch, event.id);
+        call.cmd.arg(&call.scratch[..]);
+        call.scratch.clear();
+        // Writing into a Vec cannot fail.
+        let _ = write!(call.scratch, "{}", event.id);
+        call.cmd.arg(&call.scratch[..]).arg(&event.encoded()[..]);
+        if call.timed {
+            call.cmd.arg(
+                event
+                    .commit_ts_micros
+                    .map(|m| m / 1_000_000 + 946_684_800)
+                    .unwrap_or_default(),
+            );
+        }
+        call.newest = Some(event.id);
+        self.push_ops(call, &ops, Some(event.id));
+    }
+
+    /// Writes an entry's op count and ops (`event_id`: None for snapshot rows).
+    fn push_ops(&self, call: &mut Call<'_>, ops: &[RowOp<'_>], event_id: Option<EventId>) {
+        call.cmd.arg(ops.len());
+        for op in ops {
+            match op {
+                RowOp::Put {
+                    table,
+                    key,
+                    new_row,
+                    hot,
+                    row,
+                } => {
+                    let plan = call.tables[*table - 1];
+                    if *hot {
+                        let present: Vec<(&str, &Datum)> = plan
+                            .index
+                            .iter()
+                            .filter_map(|(c, prefix)| row.get(c).map(|v| (prefix.as_str(), v)))
+                            .collect();
+                        call.cmd
+                            .arg(if *new_row { "N" } else { "R" })
+                            .arg(*table)
+                            .arg(key)
+                            .arg(present.len());
+                        for (prefix, value) in present {
+                            call.scratch.clear();
+                            call.scratch.extend_from_slice(prefix.as_bytes());
+                            write_datum_json(&mut call.scratch, value);
+                            call.cmd.arg(&call.scratch[..]);
+                        }
+                    } else {
+                        call.cmd
+                            .arg("C")
+                            .arg(*table)
+                            .arg(key)
+                            .arg(plan.rule.keep_cold_for.as_secs().max(1));
+                    }
+                    match plan.rule.format {
+                        MirrorFormat::Hash => {
+                            // The script adds `_event_id`.
+                            call.cmd.arg(row.0.len());
+                            for (column, value) in &row.0 {
+                                call.scratch.clear();
+                                write_datum_json(&mut call.scratch, value);
+                                call.cmd.arg(column.as_bytes()).arg(&call.scratch[..]);
+                            }
+                        }
+                        MirrorFormat::Json => {
+                            let id =
+                                event_id.map_or_else(|| "snapshot".to_owned(), |id| id.to_string());
+                            call.cmd.arg(row_json(row, &[("_event_id", &id)]));
+                        }
+                    }
+                }
+                RowOp::Delete { table, key } => {
+                    call.cmd.arg("D").arg(*table).arg(key);
+                }
+                RowOp::Truncate { table } => {
+                    call.cmd.arg("T").arg(*table);
+                }
+            }
+        }
+    }
+
+    /// A snapshot entry: row writes without a stream entry or guard.
+    fn push_unguarded(&self, call: &mut Call<'_>, ops: &[RowOp<'_>]) {
+        call.cmd.arg("").arg("").arg("");
+        if call.timed {
+            call.cmd.arg(0);
+        }
+        self.push_ops(call, ops, None);
+    }
+
+    /// Sends one call on its own, retrying while Redis is unreachable, and
+    /// loading the script when Redis does not have it (`NOSCRIPT`).
+    async fn send(&self, conn: &ConnectionManager, cmd: &Cmd) -> Result<(), SinkError> {
         let mut delay = Duration::from_millis(200);
         loop {
-            let mut invocation = self.script.prepare_invoke();
-            invocation
-                .key(self.keys.applied())
-                .key(self.keys.events())
-                .key(self.keys.epoch())
-                .key(self.keys.stream_times())
-                .arg(epoch)
-                .arg(end_lsn.map(|l| l.0.to_string()).unwrap_or_default())
-                .arg(
-                    self.config
-                        .stream_max_len
-                        .map(|n| n.to_string())
-                        .unwrap_or_default(),
-                )
-                .arg(
-                    self.config
-                        .stream_max_age
-                        .map(|age| now.saturating_sub(age.as_secs()).to_string())
-                        .unwrap_or_default(),
-                )
-                .arg(self.keys.row_prefix())
-                .arg(self.keys.rowidx_prefix())
-                .arg(entries.len());
-            for entry in entries {
-                entry.push_args(&mut invocation);
-            }
-            let mut conn = self.conn.clone();
-            let started = std::time::Instant::now();
-            let result = invocation.invoke_async::<u64>(&mut conn).await;
-            if result.is_ok() {
-                metrics::histogram!(crate::metrics::REDIS_WRITE_SECONDS, crate::metrics::TENANT => self.tenant.to_string())
-                    .record(started.elapsed().as_secs_f64());
-            } else {
-                metrics::counter!(crate::metrics::REDIS_WRITE_ERRORS, crate::metrics::TENANT => self.tenant.to_string()).increment(1);
-            }
-            match result {
-                Ok(applied) => return Ok(applied),
-                Err(error) if error.to_string().contains("WALCAST_EPOCH") => {
-                    return Err(SinkError::Lost)
-                }
-                Err(error)
-                    if error.is_io_error()
-                        || error.is_timeout()
-                        || error.is_connection_dropped()
-                        || error.is_connection_refusal()
-                        || error.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading) =>
-                {
+            let mut conn = conn.clone();
+            let started = Instant::now();
+            // A server error comes back as a value: make it an error.
+            let result = conn
+                .send_packed_command(cmd)
+                .await
+                .and_then(Value::extract_error);
+            match self.judge(result, started) {
+                Verdict::Applied => return Ok(()),
+                Verdict::Failed(error) => return Err(error),
+                Verdict::Again(error) => {
+                    if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+                        // The script cache was flushed: load it and send again.
+                        if self.script.load_async(&mut conn).await.is_ok() {
+                            continue;
+                        }
+                    } else if is_order_refusal(&error) {
+                        // Sent on its own after every batch before it answered:
+                        // the watermark is not where this session left it.
+                        return Err(SinkError::redis(error));
+                    }
                     tracing::warn!(tenant = %self.tenant, %error, retry_in_ms = delay.as_millis() as u64, "redis unavailable; replication waits until it is back");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(MAX_RETRY_DELAY);
                 }
-                Err(error) => return Err(SinkError::redis(error)),
+            }
+        }
+    }
+
+    /// What a script call's answer means, counted in the metrics.
+    fn judge(&self, result: RedisResult<Value>, started: Instant) -> Verdict {
+        let tenant = || self.tenant.to_string();
+        match result {
+            Ok(_) => {
+                metrics::histogram!(crate::metrics::REDIS_WRITE_SECONDS, crate::metrics::TENANT => tenant())
+                    .record(started.elapsed().as_secs_f64());
+                Verdict::Applied
+            }
+            Err(error) => {
+                if is_order_refusal(&error) {
+                    // Expected after an earlier batch failed: not an error yet.
+                    return Verdict::Again(error);
+                }
+                metrics::counter!(crate::metrics::REDIS_WRITE_ERRORS, crate::metrics::TENANT => tenant()).increment(1);
+                if error.to_string().contains("WALCAST_EPOCH") {
+                    Verdict::Failed(SinkError::Lost)
+                } else if error.is_io_error()
+                    || error.is_timeout()
+                    || error.is_connection_dropped()
+                    || error.is_connection_refusal()
+                    || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                    || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                {
+                    Verdict::Again(error)
+                } else {
+                    Verdict::Failed(SinkError::redis(error))
+                }
+            }
+        }
+    }
+}
+
+fn is_order_refusal(error: &redis::RedisError) -> bool {
+    error.to_string().contains("WALCAST_ORDER")
+}
+
+/// The table's number in this call (from 1, as the script counts).
+fn table_number(call: &Call<'_>, plan: &TablePlan) -> usize {
+    call.tables
+        .iter()
+        .position(|p| std::ptr::eq(*p, plan))
+        .map(|i| i + 1)
+        .expect("tables_of lists every mirrored table of the batch")
+}
+
+enum Verdict {
+    Applied,
+    /// Worth sending again (Redis unreachable, script not loaded, or sent
+    /// ahead of a batch that has not landed).
+    Again(redis::RedisError),
+    Failed(SinkError),
+}
+
+/// One batch for the writer task.
+struct Job {
+    events: Vec<ChangeEvent>,
+    end_lsn: Option<Lsn>,
+    epoch: String,
+    /// The first batch of a session: no order guard before it, and a failure
+    /// of the previous session is forgotten.
+    fresh: bool,
+    done: oneshot::Sender<Result<(), SinkError>>,
+}
+
+type Request = Pin<Box<dyn Future<Output = RedisResult<Value>> + Send>>;
+
+/// A batch sent and not yet taken back.
+struct InFlight {
+    job: Job,
+    cmd: Arc<Cmd>,
+    request: Option<Request>,
+    answer: Option<RedisResult<Value>>,
+    started: Instant,
+}
+
+enum Next {
+    Job(Job),
+    Answer,
+    Closed,
+}
+
+/// The writer task: encodes batches, sends them in order (up to `WINDOW`
+/// unanswered), takes the answers in order, reports each batch once durable.
+async fn write_batches(
+    encoder: Arc<Encoder>,
+    conn: ConnectionManager,
+    mut jobs: mpsc::Receiver<Job>,
+    on_durable: Arc<RwLock<Option<OnDurable>>>,
+) {
+    let mut flight: VecDeque<InFlight> = VecDeque::new();
+    // The newest event sent in this session: the next batch's order guard.
+    let mut newest: Option<EventId> = None;
+    // A batch failed: later ones of the session are not written.
+    let mut broken = false;
+    let mut closed = false;
+    loop {
+        if closed && flight.is_empty() {
+            return;
+        }
+        let next = std::future::poll_fn(|cx| {
+            // Every request is polled, oldest first: a request is handed to
+            // the connection on its first poll, so they go out in order.
+            for batch in flight.iter_mut() {
+                if let Some(request) = batch.request.as_mut() {
+                    if let Poll::Ready(answer) = request.as_mut().poll(cx) {
+                        batch.answer = Some(answer);
+                        batch.request = None;
+                    }
+                }
+            }
+            if flight.front().is_some_and(|b| b.answer.is_some()) {
+                return Poll::Ready(Next::Answer);
+            }
+            if !closed && flight.len() < WINDOW {
+                match jobs.poll_recv(cx) {
+                    Poll::Ready(Some(job)) => return Poll::Ready(Next::Job(job)),
+                    Poll::Ready(None) => return Poll::Ready(Next::Closed),
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match next {
+            Next::Closed => closed = true,
+            Next::Job(job) => {
+                if job.fresh {
+                    newest = None;
+                    broken = false;
+                }
+                if broken {
+                    let _ = job.done.send(Err(SinkError::Abandoned));
+                    continue;
+                }
+                let (cmd, last) = encoder.events_call(&job.events, job.end_lsn, &job.epoch, newest);
+                newest = last.or(newest);
+                let cmd = Arc::new(cmd);
+                let mut request_conn = conn.clone();
+                let request_cmd = Arc::clone(&cmd);
+                flight.push_back(InFlight {
+                    job,
+                    cmd,
+                    request: Some(Box::pin(async move {
+                        // A server error comes back as a value: make it an error.
+                        request_conn
+                            .send_packed_command(&request_cmd)
+                            .await
+                            .and_then(Value::extract_error)
+                    })),
+                    answer: None,
+                    started: Instant::now(),
+                });
+            }
+            Next::Answer => {
+                let Some(mut batch) = flight.pop_front() else {
+                    continue;
+                };
+                let answer = batch.answer.take().expect("answered");
+                if broken {
+                    let _ = batch.job.done.send(Err(SinkError::Abandoned));
+                    continue;
+                }
+                let outcome = match encoder.judge(answer, batch.started) {
+                    Verdict::Applied => Ok(()),
+                    Verdict::Failed(error) => Err(error),
+                    // Everything before it is in now: send it again on its own.
+                    Verdict::Again(_) => encoder.send(&conn, &batch.cmd).await,
+                };
+                match outcome {
+                    Ok(()) => {
+                        let report = on_durable.read().unwrap_or_else(|p| p.into_inner()).clone();
+                        if let Some(report) = report {
+                            if !batch.job.events.is_empty() {
+                                report(&batch.job.events);
+                            }
+                        }
+                        let _ = batch.job.done.send(Ok(()));
+                    }
+                    Err(error) => {
+                        broken = true;
+                        let _ = batch.job.done.send(Err(error));
+                    }
+                }
             }
         }
     }
@@ -140,22 +621,21 @@ pub struct RedisSink {
     keys: Keys,
     conn: ConnectionManager,
     rules: HashMap<TableName, MirrorRule>,
-    runner: Arc<ScriptRunner>,
+    encoder: Arc<Encoder>,
+    on_durable: Arc<RwLock<Option<OnDurable>>>,
     state: Mutex<State>,
-    on_durable: std::sync::Mutex<Option<OnDurable>>,
 }
 
-/// Told each batch's events once the batch is in Redis.
-pub type OnDurable = Arc<dyn Fn(&[ChangeEvent]) + Send + Sync>;
-
-#[derive(Default)]
 struct State {
     buffer: Vec<ChangeEvent>,
     /// The epoch marker this process expects (set at start or by a snapshot).
     epoch: Option<String>,
-    /// The batch being written while the next one is built: at most one, so
-    /// batches reach Redis in order.
-    in_flight: Option<tokio::task::JoinHandle<Result<u64, SinkError>>>,
+    /// The writer task's queue, started with the first batch.
+    writer: Option<mpsc::Sender<Job>>,
+    /// The answers of the batches handed to the writer, oldest first.
+    pending: VecDeque<oneshot::Receiver<Result<(), SinkError>>>,
+    /// The next batch starts a session.
+    fresh: bool,
 }
 
 impl std::fmt::Debug for RedisSink {
@@ -167,34 +647,67 @@ impl std::fmt::Debug for RedisSink {
 impl RedisSink {
     pub fn new(tenant: &TenantConfig, config: &RedisConfig, conn: ConnectionManager) -> RedisSink {
         let keys = Keys::new(&config.key_prefix, &tenant.id);
+        let tables = tenant
+            .mirror
+            .iter()
+            .map(|rule| {
+                let table = &rule.table;
+                let plan = TablePlan {
+                    rule: rule.clone(),
+                    row_prefix: keys.row_prefix(table),
+                    index: rule
+                        .index
+                        .iter()
+                        .map(|c| (c.clone(), keys.index_prefix(table, c)))
+                        .collect(),
+                    rowindex: keys.rowindex(table),
+                    idxsets: keys.index_sets(table),
+                };
+                (table.clone(), plan)
+            })
+            .collect();
         RedisSink {
             tenant: tenant.id.clone(),
             keys: keys.clone(),
-            conn: conn.clone(),
+            conn,
             rules: tenant
                 .mirror
                 .iter()
                 .map(|r| (r.table.clone(), r.clone()))
                 .collect(),
-            runner: Arc::new(ScriptRunner {
+            encoder: Arc::new(Encoder {
                 tenant: tenant.id.clone(),
                 keys,
-                conn,
                 config: config.clone(),
+                tables,
                 script: Script::new(include_str!("apply_batch.lua")),
             }),
-            state: Mutex::new(State::default()),
-            on_durable: std::sync::Mutex::new(None),
+            on_durable: Arc::new(RwLock::new(None)),
+            state: Mutex::new(State {
+                buffer: Vec::new(),
+                epoch: None,
+                writer: None,
+                pending: VecDeque::new(),
+                fresh: true,
+            }),
         }
     }
 
-    /// Registers `f`, called once per batch, in stream order, right after the
-    /// batch's script succeeded, with exactly the events it wrote (TOAST
-    /// filled). After a reconnect a replayed batch may be reported again
-    /// (the receiver skips ids it has seen); an event is never reported
-    /// before it is in Redis.
+    /// Registers `f` to hear of every batch of events once it is durably in
+    /// Redis, replacing any earlier one.
+    ///
+    /// `f` is called once per script call that wrote events (at most
+    /// `BATCH_EVENTS` of them), strictly in stream order, only after that
+    /// call succeeded, with exactly the events it wrote: unchanged TOAST
+    /// columns already filled in from the mirror. A batch that only moves the
+    /// watermark (no events) is not reported. After a reconnect Postgres sends
+    /// unconfirmed transactions again, and `f` may then hear of events it was
+    /// already given (dedup by event id); it never hears of an event that is
+    /// not in Redis, and never misses one that went in during a session that
+    /// goes on. It runs on the sink's writer task: keep it short (hand the
+    /// events to a channel).
     pub fn set_on_durable(&self, f: OnDurable) {
-        *self.on_durable.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+        *self.on_durable.write().unwrap_or_else(|p| p.into_inner()) = Some(f);
     }
 
     pub fn keys(&self) -> &Keys {
@@ -255,21 +768,64 @@ impl RedisSink {
 
     /// Starts a snapshot: forgets the mirrored tables' rows.
     pub async fn clear_mirror(&self) -> Result<(), SinkError> {
-        let entries: Vec<Entry> = self
-            .rules
-            .keys()
-            .map(|table| Entry {
-                sortable: String::new(),
-                stream_id: String::new(),
-                json: Vec::new(),
-                commit_time: 0,
-                ops: vec![Op_::Truncate {
-                    rows: self.keys.rows(table),
-                    idxsets: self.keys.index_sets(table),
-                }],
-            })
-            .collect();
-        self.run_script(&entries, None, "").await.map(|_| ())
+        for table in self.rules.keys() {
+            self.drop_legacy_rows(table).await?;
+        }
+        let encoder = &self.encoder;
+        let mut call = encoder.begin(
+            (64, 1024),
+            encoder.tables.values().collect(),
+            None,
+            "",
+            None,
+        );
+        for t in 1..=call.tables.len() {
+            encoder.push_unguarded(&mut call, &[RowOp::Truncate { table: t }]);
+        }
+        encoder.send(&self.conn, &call.cmd).await
+    }
+
+    /// Removes the rows a version before the `rowindex` hash wrote (listed
+    /// in a set `rows:<table>`, with one `rowidx:<table>:<key>` set per row),
+    /// so that a resync after an upgrade leaves no stale rows behind.
+    async fn drop_legacy_rows(&self, table: &TableName) -> Result<(), SinkError> {
+        let base = self.keys.rowindex(table);
+        let (prefix, table_part) = base
+            .split_once(":rowindex:")
+            .expect("rowindex keys contain :rowindex:");
+        let rows = format!("{prefix}:rows:{table_part}");
+        let mut conn = self.conn.clone();
+        let kind: String = redis::cmd("TYPE")
+            .arg(&rows)
+            .query_async(&mut conn)
+            .await
+            .map_err(SinkError::redis)?;
+        if kind != "set" {
+            return Ok(());
+        }
+        let keys: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&rows)
+            .query_async(&mut conn)
+            .await
+            .map_err(SinkError::redis)?;
+        let row_prefix = self.keys.row_prefix(table);
+        for chunk in keys.chunks(500) {
+            let mut del = redis::cmd("UNLINK");
+            for key in chunk {
+                del.arg(key);
+                if let Some(row) = key.strip_prefix(&row_prefix) {
+                    del.arg(format!("{prefix}:rowidx:{table_part}:{row}"));
+                }
+            }
+            del.query_async::<()>(&mut conn)
+                .await
+                .map_err(SinkError::redis)?;
+        }
+        redis::cmd("UNLINK")
+            .arg(&rows)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(SinkError::redis)
     }
 
     /// Writes snapshot rows (no stream entries) of one table.
@@ -279,28 +835,36 @@ impl RedisSink {
         rows: &[RowImage],
         key_columns: &[String],
     ) -> Result<(), SinkError> {
-        let Some(rule) = self.rules.get(table) else {
+        let encoder = &self.encoder;
+        let Some(plan) = encoder.tables.get(table) else {
             return Ok(());
         };
-        let columns: Vec<&str> = key_columns.iter().map(String::as_str).collect();
-        let mut entries = Vec::new();
+        let mut call = encoder.begin(
+            (32 * rows.len() + 32, 512 * rows.len() + 1024),
+            vec![plan],
+            None,
+            "",
+            None,
+        );
         for row in rows {
-            if !rule.hot_when.iter().all(|f| f.matches(row)) {
+            if !plan.rule.hot_when.iter().all(|f| f.matches(row)) {
                 continue;
             }
-            let Some(key) = row_key(row, &columns) else {
+            let Some(key) = row_key_of(row, key_columns.iter().map(String::as_str)) else {
                 continue;
             };
-            entries.push(Entry {
-                sortable: String::new(),
-                stream_id: String::new(),
-                json: Vec::new(),
-                commit_time: 0,
-                // The mirror was cleared before the snapshot: every row is new.
-                ops: vec![self.put_op(rule, table, &key, row, "snapshot", true, true)],
-            });
+            let key = format!("{}{key}", plan.row_prefix);
+            // The mirror was cleared before the snapshot: every row is new.
+            let op = RowOp::Put {
+                table: 1,
+                key,
+                new_row: true,
+                hot: true,
+                row,
+            };
+            encoder.push_unguarded(&mut call, &[op]);
         }
-        self.run_script(&entries, None, "").await.map(|_| ())
+        encoder.send(&self.conn, &call.cmd).await
     }
 
     /// Ends a snapshot taken at `consistent_point`: writes a new epoch marker
@@ -350,63 +914,6 @@ impl RedisSink {
                     delay = (delay * 2).min(MAX_RETRY_DELAY);
                 }
             }
-        }
-    }
-
-    /// Runs the batch script, retrying while Redis is unreachable.
-    async fn run_script(
-        &self,
-        entries: &[Entry],
-        end_lsn: Option<Lsn>,
-        epoch: &str,
-    ) -> Result<u64, SinkError> {
-        self.runner.run(entries, end_lsn, epoch).await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn put_op(
-        &self,
-        rule: &MirrorRule,
-        table: &TableName,
-        key: &str,
-        row: &RowImage,
-        event_id: &str,
-        hot: bool,
-        new_row: bool,
-    ) -> Op_ {
-        let index: Vec<String> = if hot {
-            rule.index
-                .iter()
-                .filter_map(|c| {
-                    row.get(c)
-                        .map(|v| self.keys.index(table, c, &datum_json(v)))
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let payload = match rule.format {
-            MirrorFormat::Hash => {
-                let mut fields = Vec::with_capacity(row.0.len() + 1);
-                fields.push(("_event_id".to_owned(), event_id.to_owned()));
-                fields.extend(row.0.iter().map(|(c, v)| (c.to_string(), datum_json(v))));
-                Payload::Hash(fields)
-            }
-            MirrorFormat::Json => Payload::Json(row_json(row, &[("_event_id", event_id)])),
-        };
-        Op_::Put {
-            new_row,
-            key: self.keys.row(table, key),
-            rows: self.keys.rows(table),
-            rowidx: self.keys.rowidx(table, key),
-            idxsets: self.keys.index_sets(table),
-            ttl: if hot {
-                0
-            } else {
-                rule.keep_cold_for.as_secs().max(1)
-            },
-            index,
-            payload,
         }
     }
 
@@ -535,113 +1042,67 @@ impl RedisSink {
         }
     }
 
-    fn entry(&self, event: &ChangeEvent) -> Entry {
-        let mut ops = Vec::new();
-        match &event.body {
-            ChangeBody::Row {
-                table, new, old, ..
-            } => {
-                if let Some(rule) = self.rules.get(table) {
-                    let image = if event.op == Op::Delete {
-                        old.as_ref()
-                    } else {
-                        new.as_ref()
-                    };
-                    let key = self.key_columns(rule, event).and_then(|cols| {
-                        image.and_then(|img| {
-                            row_key(img, &cols.iter().map(String::as_str).collect::<Vec<_>>())
-                        })
-                    });
-                    // An update that changed the key: the old row goes away.
-                    if event.op == Op::Update {
-                        if let (Some(old), Some(cols)) = (old, self.key_columns(rule, event)) {
-                            if let Some(old_key) =
-                                row_key(old, &cols.iter().map(String::as_str).collect::<Vec<_>>())
-                            {
-                                if Some(&old_key) != key.as_ref() {
-                                    ops.push(self.delete_op(table, &old_key));
-                                }
-                            }
-                        }
-                    }
-                    match (key, event.op) {
-                        (Some(key), Op::Delete) => ops.push(self.delete_op(table, &key)),
-                        (Some(key), _) => {
-                            let row = new.as_ref().expect("insert and update carry a new row");
-                            let hot = rule.hot_when.iter().all(|f| f.matches(row));
-                            // An INSERT keyed by the replica identity
-                            // that is not hot leaves nothing to remove.
-                            let new_row = event.op == Op::Insert && rule.key.is_none();
-                            if !hot && rule.keep_cold_for.is_zero() && new_row {
-                                // nothing to write
-                            } else if hot || !rule.keep_cold_for.is_zero() {
-                                ops.push(self.put_op(
-                                    rule,
-                                    table,
-                                    &key,
-                                    row,
-                                    &event.id.to_string(),
-                                    hot,
-                                    // An INSERT keyed by the replica identity
-                                    // cannot find an older version.
-                                    new_row,
-                                ));
-                            } else {
-                                ops.push(self.delete_op(table, &key));
-                            }
-                        }
-                        (None, _) => {
-                            tracing::warn!(tenant = %self.tenant, %table, "row has no key columns; not mirrored (give the table a primary key or set the mirror rule's key)");
-                        }
-                    }
-                }
+    /// Waits until at most `keep` batches are unanswered. On a failure it
+    /// still waits for every batch handed over (so nothing of this session
+    /// is in flight afterwards) and returns the first error.
+    async fn settle(state: &mut State, keep: usize) -> Result<(), SinkError> {
+        let mut first_error = None;
+        while state.pending.len() > keep || (first_error.is_some() && !state.pending.is_empty()) {
+            let Some(answer) = state.pending.pop_front() else {
+                break;
+            };
+            let result = answer.await.unwrap_or_else(|_| {
+                Err(SinkError::Io(std::io::Error::other(
+                    "the redis writer task ended abnormally",
+                )))
+            });
+            if let Err(error) = result {
+                first_error.get_or_insert(error);
             }
-            ChangeBody::Truncate { table, .. } => {
-                if self.rules.contains_key(table) {
-                    ops.push(Op_::Truncate {
-                        rows: self.keys.rows(table),
-                        idxsets: self.keys.index_sets(table),
-                    });
-                }
-            }
-            ChangeBody::Message { .. } => {}
         }
-        Entry {
-            sortable: sortable_id(event.id),
-            stream_id: event.id.to_string(),
-            json: event.encoded().to_vec(),
-            commit_time: event
-                .commit_ts_micros
-                .map(|m| m / 1_000_000 + 946_684_800)
-                .unwrap_or_default(),
-            ops,
-        }
+        first_error.map_or(Ok(()), Err)
     }
 
-    fn delete_op(&self, table: &TableName, key: &str) -> Op_ {
-        Op_::Delete {
-            key: self.keys.row(table, key),
-            rows: self.keys.rows(table),
-            rowidx: self.keys.rowidx(table, key),
+    /// Hands one batch to the writer task (starting it if needed).
+    async fn submit(
+        &self,
+        state: &mut State,
+        events: Vec<ChangeEvent>,
+        end_lsn: Option<Lsn>,
+    ) -> Result<(), SinkError> {
+        // Bounded: the batches sent plus one waiting to be encoded.
+        Self::settle(state, WINDOW).await?;
+        let writer = state.writer.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(write_batches(
+                Arc::clone(&self.encoder),
+                self.conn.clone(),
+                rx,
+                Arc::clone(&self.on_durable),
+            ));
+            tx
+        });
+        let (done, answer) = oneshot::channel();
+        let job = Job {
+            events,
+            end_lsn,
+            epoch: state.epoch.clone().unwrap_or_default(),
+            fresh: std::mem::take(&mut state.fresh),
+            done,
+        };
+        if writer.send(job).await.is_err() {
+            state.writer = None;
+            return Err(SinkError::Io(std::io::Error::other(
+                "the redis writer task ended abnormally",
+            )));
         }
-    }
-
-    /// Waits for the batch in flight, if any, and returns its error.
-    async fn settle(state: &mut State) -> Result<(), SinkError> {
-        match state.in_flight.take() {
-            Some(handle) => match handle.await {
-                Ok(result) => result.map(|_| ()),
-                Err(join) => Err(SinkError::Io(std::io::Error::other(format!(
-                    "the redis write task ended abnormally: {join}"
-                )))),
-            },
-            None => Ok(()),
-        }
+        state.pending.push_back(answer);
+        Ok(())
     }
 
     /// Writes the buffered events in chunks. With `wait`, returns once
     /// everything (and the watermark `end_lsn`) is in Redis; without, the
-    /// last chunk may still be in flight while the caller builds the next.
+    /// last chunks may still be in flight while the caller goes on.
     async fn flush(
         &self,
         state: &mut State,
@@ -653,41 +1114,22 @@ impl RedisSink {
             .iter()
             .any(|e| matches!(&e.body, ChangeBody::Row { unchanged, .. } if !unchanged.is_empty()))
         {
-            // The fill reads the mirror: the batch in flight must be in first.
-            Self::settle(state).await?;
+            // The fill reads the mirror: the batches in flight must be in first.
+            Self::settle(state, 0).await?;
         }
         self.fill_unchanged(&mut events).await?;
-        let epoch = state.epoch.clone().unwrap_or_default();
-        let on_durable = self
-            .on_durable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let last = events.len().div_ceil(BATCH_EVENTS).max(1) - 1;
-        let mut rest = events.into_iter();
-        for n in 0..=last {
+        let mut rest = events.into_iter().peekable();
+        loop {
             let chunk: Vec<ChangeEvent> = rest.by_ref().take(BATCH_EVENTS).collect();
-            let entries: Vec<Entry> = chunk.iter().map(|e| self.entry(e)).collect();
-            let end_lsn = if n == last { end_lsn } else { None };
-            // One batch in flight at most: batches reach Redis in order.
-            Self::settle(state).await?;
-            if wait && n == last {
-                self.run_script(&entries, end_lsn, &epoch).await?;
-                if let Some(f) = &on_durable {
-                    f(&chunk);
-                }
-            } else {
-                let runner = Arc::clone(&self.runner);
-                let epoch = epoch.clone();
-                let on_durable = on_durable.clone();
-                state.in_flight = Some(tokio::spawn(async move {
-                    let applied = runner.run(&entries, end_lsn, &epoch).await?;
-                    if let Some(f) = &on_durable {
-                        f(&chunk);
-                    }
-                    Ok(applied)
-                }));
+            let last = rest.peek().is_none();
+            self.submit(state, chunk, if last { end_lsn } else { None })
+                .await?;
+            if last {
+                break;
             }
+        }
+        if wait {
+            Self::settle(state, 0).await?;
         }
         Ok(())
     }
@@ -705,6 +1147,21 @@ impl EventSink for RedisSink {
         })
     }
 
+    fn write_owned(&self, mut events: Vec<ChangeEvent>) -> SinkFuture<'_> {
+        Box::pin(async move {
+            let mut state = self.state.lock().await;
+            if state.buffer.is_empty() {
+                std::mem::swap(&mut state.buffer, &mut events);
+            } else {
+                state.buffer.append(&mut events);
+            }
+            if state.buffer.len() >= BATCH_EVENTS {
+                self.flush(&mut state, None, false).await?;
+            }
+            Ok(())
+        })
+    }
+
     fn commit(&self, end_lsn: Option<Lsn>) -> SinkFuture<'_> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
@@ -715,12 +1172,13 @@ impl EventSink for RedisSink {
     fn reset(&self) -> SinkFuture<'_> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
-            // A batch of the ended session still in flight lands first (its
+            // Batches of the ended session still in flight land first (their
             // entries are guarded by id, so the replay that follows is safe).
-            if let Err(error) = Self::settle(&mut state).await {
+            if let Err(error) = Self::settle(&mut state, 0).await {
                 tracing::debug!(tenant = %self.tenant, %error, "a batch of the ended session failed");
             }
             state.buffer.clear();
+            state.fresh = true;
             Ok(())
         })
     }
@@ -780,99 +1238,5 @@ fn parse_mirrored(value: &redis::Value, format: MirrorFormat) -> Option<RowImage
             ))
         }
         _ => None,
-    }
-}
-
-/// One script entry: an event (with its stream entry) or a snapshot row.
-struct Entry {
-    sortable: String,
-    stream_id: String,
-    json: Vec<u8>,
-    commit_time: i64,
-    ops: Vec<Op_>,
-}
-
-enum Payload {
-    Hash(Vec<(String, String)>),
-    Json(String),
-}
-
-#[allow(non_camel_case_types)]
-enum Op_ {
-    Put {
-        /// The row cannot exist yet: no clean-up of an older version.
-        new_row: bool,
-        key: String,
-        rows: String,
-        rowidx: String,
-        idxsets: String,
-        ttl: u64,
-        index: Vec<String>,
-        payload: Payload,
-    },
-    Delete {
-        key: String,
-        rows: String,
-        rowidx: String,
-    },
-    Truncate {
-        rows: String,
-        idxsets: String,
-    },
-}
-
-impl Entry {
-    fn push_args(&self, inv: &mut redis::ScriptInvocation<'_>) {
-        inv.arg(&self.sortable)
-            .arg(&self.stream_id)
-            .arg(&self.json[..])
-            .arg(self.commit_time)
-            .arg(self.ops.len());
-        for op in &self.ops {
-            match op {
-                Op_::Put {
-                    new_row,
-                    key,
-                    rows,
-                    rowidx,
-                    idxsets,
-                    ttl,
-                    index,
-                    payload,
-                } => {
-                    inv.arg(if *new_row { "N" } else { "R" })
-                        .arg(key)
-                        .arg(rows)
-                        .arg(rowidx)
-                        .arg(idxsets)
-                        .arg(*ttl);
-                    match payload {
-                        Payload::Hash(_) => inv.arg("h"),
-                        Payload::Json(_) => inv.arg("j"),
-                    };
-                    inv.arg(index.len());
-                    for i in index {
-                        inv.arg(i);
-                    }
-                    match payload {
-                        Payload::Hash(fields) => {
-                            inv.arg(fields.len());
-                            for (f, v) in fields {
-                                inv.arg(f).arg(v);
-                            }
-                        }
-                        Payload::Json(json) => {
-                            inv.arg(json);
-                        }
-                    }
-                }
-                Op_::Delete { key, rows, rowidx } => {
-                    inv.arg("D").arg(key).arg(rows).arg(rowidx);
-                }
-                Op_::Truncate { rows, idxsets } => {
-                    inv.arg("T").arg(rows).arg(idxsets);
-                }
-            }
-        }
     }
 }
