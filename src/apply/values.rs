@@ -11,6 +11,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::json::is_json;
 use crate::model::{base64_encode, civil_from_days, Datum, TypeShape};
 
 /// Built-in type OIDs (from `pg_type.dat`).
@@ -464,11 +465,6 @@ fn json_datum(text: String) -> Datum {
     } else {
         Datum::Text(text)
     }
-}
-
-/// Whether `text` is one well-formed JSON value.
-fn is_json(text: &str) -> bool {
-    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -266,7 +266,7 @@ fn write_datum(out: &mut Vec<u8>, value: &Datum) {
 /// (the common case: names, statuses, timestamps, uuids), else serde_json's
 /// escaping. About thirty strings per event go through here.
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    if needs_escape(s.as_bytes()) {
+    if escape_position(s.as_bytes()) < s.len() {
         // Writing a &str into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, s);
     } else {
@@ -277,30 +277,59 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// Whether a JSON string needs escapes: a control character (below 0x20),
-/// a quote or a backslash. Eight bytes at a time ("determine if a word has a
-/// byte less than n", Bit Twiddling Hacks): exact as a yes/no answer.
-fn needs_escape(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let v = u64::from_le_bytes(word);
-        let quote = v ^ (ONES * u64::from(b'"'));
-        let backslash = v ^ (ONES * u64::from(b'\\'));
-        let control = v.wrapping_sub(ONES * 0x20) & !v;
-        let quote = quote.wrapping_sub(ONES) & !quote;
-        let backslash = backslash.wrapping_sub(ONES) & !backslash;
-        if (control | quote | backslash) & HIGH != 0 {
-            return true;
+/// The position of the first byte a JSON string must escape (a control
+/// character below 0x20, a quote or a backslash), or `bytes.len()` when
+/// there is none. Eight bytes at a time ("determine if a word has a byte
+/// less than n", Bit Twiddling Hacks): a flagged byte can be wrong only
+/// above a byte that really matches, so the lowest flag is exact.
+#[inline]
+pub(crate) fn escape_position(bytes: &[u8]) -> usize {
+    let len = bytes.len();
+    if len < 8 {
+        return bytes
+            .iter()
+            .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+            .unwrap_or(len);
+    }
+    let mut at = 0;
+    while at + 8 <= len {
+        let flags = escape_flags(word_at(bytes, at));
+        if flags != 0 {
+            return at + (flags.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    if at < len {
+        // The last eight bytes, some of them checked already: those have no
+        // match, so the lowest flag is still exact.
+        let flags = escape_flags(word_at(bytes, len - 8));
+        if flags != 0 {
+            return len - 8 + (flags.trailing_zeros() / 8) as usize;
         }
     }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    len
+}
+
+/// Eight bytes from `at` (which has eight bytes after it), little-endian.
+#[inline]
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// The high bit of each byte of `v` that is below 0x20, a quote or a
+/// backslash (and maybe of bytes above such a one).
+#[inline]
+fn escape_flags(v: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let quote = v ^ (ONES * u64::from(b'"'));
+    let backslash = v ^ (ONES * u64::from(b'\\'));
+    let control = v.wrapping_sub(ONES * 0x20) & !v;
+    let quote = quote.wrapping_sub(ONES) & !quote;
+    let backslash = backslash.wrapping_sub(ONES) & !backslash;
+    (control | quote | backslash) & HIGH
 }
 
 /// Writes an unsigned integer in decimal without a temporary String.
@@ -459,23 +488,30 @@ mod tests {
     }
 
     #[test]
-    fn needs_escape_finds_every_special_byte_at_every_position() {
+    fn escape_position_finds_the_first_special_byte_at_every_position() {
         for len in 0..20 {
             for at in 0..len {
                 for b in 0..=255u8 {
                     let mut bytes = vec![b'a'; len];
                     bytes[at] = b;
-                    let expected = b < 0x20 || b == b'"' || b == b'\\';
+                    let special = b < 0x20 || b == b'"' || b == b'\\';
+                    let expected = if special { at } else { len };
                     assert_eq!(
-                        needs_escape(&bytes),
+                        escape_position(&bytes),
                         expected,
                         "byte {b:#x} at {at} of {len}"
                     );
+                    // A second special byte after the first does not move it.
+                    if special && at + 1 < len {
+                        bytes[at + 1] = b'"';
+                        assert_eq!(escape_position(&bytes), at, "{b:#x} then a quote");
+                    }
                 }
             }
         }
         // Bytes that border the searched ones, and UTF-8 continuation bytes.
-        assert!(!needs_escape("!#[]^ ünïcode ✓ \u{7f}".as_bytes()));
+        let clean = "!#[]^ ünïcode ✓ \u{7f}";
+        assert_eq!(escape_position(clean.as_bytes()), clean.len());
     }
 
     #[test]
