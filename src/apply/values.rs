@@ -7,6 +7,7 @@
 //! A value that does not parse as its type is kept as text (in binary mode as
 //! `{"binary_base64": …}`): an odd value never stops the stream.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -564,7 +565,7 @@ struct ArrayParser<'a> {
     element: &'a dyn Fn(&str) -> Datum,
 }
 
-impl ArrayParser<'_> {
+impl<'a> ArrayParser<'a> {
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.pos).copied()
     }
@@ -591,7 +592,9 @@ impl ArrayParser<'_> {
                     while self.peek()? != self.delimiter && self.peek()? != b'}' {
                         self.pos += 1;
                     }
-                    let raw = self.text[start..self.pos].trim();
+                    // array_out quotes an element with white space at
+                    // either end; array_in skips ASCII white space only.
+                    let raw = self.text[start..self.pos].trim_ascii();
                     // Only an unquoted NULL is a null element; "NULL" is text.
                     if raw.eq_ignore_ascii_case("NULL") {
                         Datum::Null
@@ -612,14 +615,28 @@ impl ArrayParser<'_> {
         }
     }
 
-    fn quoted(&mut self) -> Option<String> {
+    /// A quoted element, after its opening quote: a slice of the literal
+    /// when it has no backslash (no copy), else the unescaped text.
+    fn quoted(&mut self) -> Option<Cow<'a, str>> {
         self.pos += 1; // opening quote
-        let mut out = Vec::new();
+        let start = self.pos;
+        loop {
+            match self.peek()? {
+                // The quotes are ASCII, so the slice is on char boundaries.
+                b'"' => {
+                    self.pos += 1;
+                    return Some(Cow::Borrowed(&self.text[start..self.pos - 1]));
+                }
+                b'\\' => break,
+                _ => self.pos += 1,
+            }
+        }
+        let mut out = self.bytes[start..self.pos].to_vec();
         loop {
             match self.peek()? {
                 b'"' => {
                     self.pos += 1;
-                    return String::from_utf8(out).ok();
+                    return String::from_utf8(out).ok().map(Cow::Owned);
                 }
                 b'\\' => {
                     self.pos += 1;
