@@ -299,7 +299,7 @@ fn write_datum(out: &mut Vec<u8>, value: &Datum) {
 /// (the common case: names, statuses, timestamps, uuids), else serde_json's
 /// escaping. About thirty strings per event go through here.
 fn write_str(out: &mut Vec<u8>, s: &str) {
-    if escape_position(s.as_bytes()) < s.len() {
+    if needs_escape(s.as_bytes()) {
         // Writing a &str into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, s);
     } else {
@@ -310,12 +310,53 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// Whether a JSON string needs escapes: a control character (below 0x20),
+/// a quote or a backslash. Eight bytes at a time, like [`escape_position`];
+/// a short text is read as overlapping pieces of one word (every byte is in
+/// one of them), so there is no loop over its bytes.
+#[inline]
+fn needs_escape(bytes: &[u8]) -> bool {
+    let len = bytes.len();
+    let word = if len >= 8 {
+        let mut at = 0;
+        while at + 8 < len {
+            if escape_flags(word_at(bytes, at)) != 0 {
+                return true;
+            }
+            at += 8;
+        }
+        word_at(bytes, len - 8)
+    } else if len >= 4 {
+        let mut low = [0u8; 4];
+        let mut high = [0u8; 4];
+        low.copy_from_slice(&bytes[..4]);
+        high.copy_from_slice(&bytes[len - 4..]);
+        u64::from(u32::from_le_bytes(low)) | (u64::from(u32::from_le_bytes(high)) << 32)
+    } else if len > 0 {
+        // Three bytes cover a text of one to three; the rest needs no escape.
+        let pad = b'a';
+        u64::from_le_bytes([
+            bytes[0],
+            bytes[len / 2],
+            bytes[len - 1],
+            pad,
+            pad,
+            pad,
+            pad,
+            pad,
+        ])
+    } else {
+        return false;
+    };
+    escape_flags(word) != 0
+}
+
 /// The position of the first byte a JSON string must escape (a control
 /// character below 0x20, a quote or a backslash), or `bytes.len()` when
 /// there is none. Eight bytes at a time ("determine if a word has a byte
 /// less than n", Bit Twiddling Hacks): a flagged byte can be wrong only
 /// above a byte that really matches, so the lowest flag is exact.
-#[inline]
+#[inline(always)]
 pub(crate) fn escape_position(bytes: &[u8]) -> usize {
     let len = bytes.len();
     if len < 8 {
@@ -530,6 +571,27 @@ mod tests {
             write_str(&mut out, s);
             assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
         }
+    }
+
+    #[test]
+    fn needs_escape_finds_every_special_byte_at_every_position() {
+        for len in 0..40 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = b;
+                    let expected = b < 0x20 || b == b'"' || b == b'\\';
+                    assert_eq!(
+                        needs_escape(&bytes),
+                        expected,
+                        "byte {b:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert!(!needs_escape(b""));
+        // Bytes that border the searched ones, and UTF-8 continuation bytes.
+        assert!(!needs_escape("!#[]^ ünïcode ✓ \u{7f}".as_bytes()));
     }
 
     #[test]
