@@ -15,7 +15,7 @@
 //! `\" \\ \/ \b \f \n \r \t \uXXXX` (any four hex digits, lone surrogates
 //! too); nesting has no depth limit, and takes no stack either.
 
-use crate::model::escape_position;
+use crate::model::escape_flags;
 
 /// Whether `text` is one JSON value, with nothing but whitespace around it.
 pub(crate) fn is_json(text: &str) -> bool {
@@ -150,7 +150,24 @@ fn object_key(b: &[u8], pos: &mut usize) -> bool {
 #[inline(always)]
 fn string(b: &[u8], pos: &mut usize) -> bool {
     loop {
-        *pos += escape_position(&b[*pos..]);
+        // Eight bytes at a time while there are eight (the rest of the
+        // whole text, so short strings too), then one at a time.
+        while let Some(word) = b.get(*pos..*pos + 8) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(word);
+            let flags = escape_flags(u64::from_le_bytes(bytes));
+            if flags != 0 {
+                *pos += (flags.trailing_zeros() / 8) as usize;
+                break;
+            }
+            *pos += 8;
+        }
+        while b
+            .get(*pos)
+            .is_some_and(|&c| c >= 0x20 && c != b'"' && c != b'\\')
+        {
+            *pos += 1;
+        }
         match b.get(*pos) {
             Some(b'"') => {
                 *pos += 1;

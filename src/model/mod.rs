@@ -11,5 +11,5 @@ pub use event::{
 };
 pub use lsn::{Lsn, ParseLsnError};
 pub use time::{civil_from_days, format_pg_timestamp, now_pg_micros};
-pub(crate) use wire::escape_position;
+pub(crate) use wire::escape_flags;
 pub use wire::{base64_encode, datum_json, encode_event, row_json};

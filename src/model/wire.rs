@@ -311,7 +311,7 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Whether a JSON string needs escapes: a control character (below 0x20),
-/// a quote or a backslash. Eight bytes at a time, like [`escape_position`];
+/// a quote or a backslash. Eight bytes at a time ([`escape_flags`]);
 /// a short text is read as overlapping pieces of one word (every byte is in
 /// one of them), so there is no loop over its bytes.
 #[inline]
@@ -351,39 +351,6 @@ fn needs_escape(bytes: &[u8]) -> bool {
     escape_flags(word) != 0
 }
 
-/// The position of the first byte a JSON string must escape (a control
-/// character below 0x20, a quote or a backslash), or `bytes.len()` when
-/// there is none. Eight bytes at a time ("determine if a word has a byte
-/// less than n", Bit Twiddling Hacks): a flagged byte can be wrong only
-/// above a byte that really matches, so the lowest flag is exact.
-#[inline(always)]
-pub(crate) fn escape_position(bytes: &[u8]) -> usize {
-    let len = bytes.len();
-    if len < 8 {
-        return bytes
-            .iter()
-            .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
-            .unwrap_or(len);
-    }
-    let mut at = 0;
-    while at + 8 <= len {
-        let flags = escape_flags(word_at(bytes, at));
-        if flags != 0 {
-            return at + (flags.trailing_zeros() / 8) as usize;
-        }
-        at += 8;
-    }
-    if at < len {
-        // The last eight bytes, some of them checked already: those have no
-        // match, so the lowest flag is still exact.
-        let flags = escape_flags(word_at(bytes, len - 8));
-        if flags != 0 {
-            return len - 8 + (flags.trailing_zeros() / 8) as usize;
-        }
-    }
-    len
-}
-
 /// Eight bytes from `at` (which has eight bytes after it), little-endian.
 #[inline]
 fn word_at(bytes: &[u8], at: usize) -> u64 {
@@ -393,9 +360,11 @@ fn word_at(bytes: &[u8], at: usize) -> u64 {
 }
 
 /// The high bit of each byte of `v` that is below 0x20, a quote or a
-/// backslash (and maybe of bytes above such a one).
+/// backslash ("determine if a word has a byte less than n", Bit Twiddling
+/// Hacks). A byte can be flagged wrongly only above a byte that really
+/// matches, so the lowest flag (the first byte, read little-endian) is exact.
 #[inline]
-fn escape_flags(v: u64) -> u64 {
+pub(crate) fn escape_flags(v: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let quote = v ^ (ONES * u64::from(b'"'));
@@ -592,6 +561,36 @@ mod tests {
         assert!(!needs_escape(b""));
         // Bytes that border the searched ones, and UTF-8 continuation bytes.
         assert!(!needs_escape("!#[]^ ünïcode ✓ \u{7f}".as_bytes()));
+    }
+
+    /// The position of the first byte a JSON string must escape, or
+    /// `bytes.len()`, by the lowest flag of [`escape_flags`] (as the json
+    /// validity check scans strings): checks that the lowest flag is exact.
+    fn escape_position(bytes: &[u8]) -> usize {
+        let len = bytes.len();
+        if len < 8 {
+            return bytes
+                .iter()
+                .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+                .unwrap_or(len);
+        }
+        let mut at = 0;
+        while at + 8 <= len {
+            let flags = escape_flags(word_at(bytes, at));
+            if flags != 0 {
+                return at + (flags.trailing_zeros() / 8) as usize;
+            }
+            at += 8;
+        }
+        if at < len {
+            // The last eight bytes, some of them checked already: those have no
+            // match, so the lowest flag is still exact.
+            let flags = escape_flags(word_at(bytes, len - 8));
+            if flags != 0 {
+                return len - 8 + (flags.trailing_zeros() / 8) as usize;
+            }
+        }
+        len
     }
 
     #[test]
