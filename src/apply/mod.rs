@@ -7,6 +7,7 @@
 
 #[cfg(test)]
 mod fuzz_regressions;
+mod json;
 mod relations;
 mod txn;
 mod values;

@@ -1,6 +1,7 @@
 //! The relation cache: the latest Relation message of each table, by OID.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::decode::RelationMessage;
@@ -58,7 +59,30 @@ impl From<RelationMessage> for Relation {
 /// Postgres sends a new one before the next change of that table).
 #[derive(Debug, Default)]
 pub struct RelationCache {
-    by_id: HashMap<u32, Arc<Relation>>,
+    by_id: HashMap<u32, Arc<Relation>, BuildHasherDefault<OidHasher>>,
+}
+
+/// Hashes a relation OID by one multiplication (Fibonacci hashing) instead
+/// of SipHash: it runs once per change, and the OIDs come from the
+/// tenant's own catalog, not from an adversary choosing collisions.
+#[derive(Debug, Default)]
+struct OidHasher(u64);
+
+impl Hasher for OidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for u32 keys; correct for anything else.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 impl RelationCache {

@@ -174,61 +174,86 @@ impl Applier {
             // Origin names where a replicated transaction came from.
             PgOutputMessage::Origin { .. } => {}
             PgOutputMessage::Insert { relation_id, new } => {
-                let rel = self.relation(relation_id)?;
-                let (new, unchanged) =
-                    row_image(&rel, &self.types, self.report_stale, &new, RowPart::All)?;
-                let key = key_image(&rel, &new);
-                self.push(
-                    out,
-                    Op::Insert,
-                    &rel,
-                    key,
-                    Some(new),
-                    None,
-                    unchanged,
-                    "Insert",
+                let rel = relation(&self.relations, relation_id)?;
+                let image = row_image(
+                    rel,
+                    &self.types,
+                    self.report_stale,
+                    &new,
+                    RowPart::All,
+                    true,
                 )?;
+                let change = RowChange {
+                    op: Op::Insert,
+                    key: image.key,
+                    new: Some(image.row),
+                    old: None,
+                    unchanged: image.unchanged,
+                };
+                out.push(row_event(
+                    &mut self.txn,
+                    &self.tenant,
+                    rel,
+                    change,
+                    "Insert",
+                )?);
             }
             PgOutputMessage::Update {
                 relation_id,
                 old,
                 new,
             } => {
-                let rel = self.relation(relation_id)?;
-                let (new, unchanged) =
-                    row_image(&rel, &self.types, self.report_stale, &new, RowPart::All)?;
-                let key = key_image(&rel, &new);
+                let rel = relation(&self.relations, relation_id)?;
+                let image = row_image(
+                    rel,
+                    &self.types,
+                    self.report_stale,
+                    &new,
+                    RowPart::All,
+                    true,
+                )?;
                 let old = match old {
-                    Some(old) => Some(old_image(&rel, &self.types, self.report_stale, &old)?),
+                    // The event's key is the new row's.
+                    Some(old) => {
+                        Some(old_image(rel, &self.types, self.report_stale, &old, false)?.row)
+                    }
                     // Without an old tuple the key did not change: the key is
                     // what we know of the old row.
-                    None => key.clone(),
+                    None => image.key.clone(),
                 };
-                self.push(
-                    out,
-                    Op::Update,
-                    &rel,
-                    key,
-                    Some(new),
+                let change = RowChange {
+                    op: Op::Update,
+                    key: image.key,
+                    new: Some(image.row),
                     old,
-                    unchanged,
+                    unchanged: image.unchanged,
+                };
+                out.push(row_event(
+                    &mut self.txn,
+                    &self.tenant,
+                    rel,
+                    change,
                     "Update",
-                )?;
+                )?);
             }
             PgOutputMessage::Delete { relation_id, old } => {
-                let rel = self.relation(relation_id)?;
-                let old = old_image(&rel, &self.types, self.report_stale, &old)?;
-                let key = key_image(&rel, &old);
-                self.push(
-                    out,
-                    Op::Delete,
-                    &rel,
+                let rel = relation(&self.relations, relation_id)?;
+                let Image { row: old, key, .. } =
+                    old_image(rel, &self.types, self.report_stale, &old, true)?;
+                let change = RowChange {
+                    op: Op::Delete,
                     key,
-                    None,
-                    Some(old),
-                    Vec::new(),
+                    new: None,
+                    old: Some(old),
+                    unchanged: Vec::new(),
+                };
+                out.push(row_event(
+                    &mut self.txn,
+                    &self.tenant,
+                    rel,
+                    change,
                     "Delete",
-                )?;
+                )?);
             }
             PgOutputMessage::Truncate {
                 cascade,
@@ -236,7 +261,7 @@ impl Applier {
                 relation_ids,
             } => {
                 for id in relation_ids {
-                    let rel = self.relation(id)?;
+                    let rel = relation(&self.relations, id)?;
                     let txn = self.txn.as_mut().ok_or(ApplyError::OutsideTransaction {
                         message: "Truncate",
                     })?;
@@ -263,46 +288,50 @@ impl Applier {
         }
         Ok(())
     }
+}
 
-    fn relation(&self, id: u32) -> Result<Arc<Relation>, ApplyError> {
-        self.relations
-            .get(id)
-            .cloned()
-            .ok_or(ApplyError::UnknownRelation { id })
-    }
+/// The cached relation (borrowed: the applier's other fields stay usable).
+fn relation(relations: &RelationCache, id: u32) -> Result<&Relation, ApplyError> {
+    relations
+        .get(id)
+        .map(|rel| &**rel)
+        .ok_or(ApplyError::UnknownRelation { id })
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn push(
-        &mut self,
-        out: &mut Vec<ChangeEvent>,
-        op: Op,
-        rel: &Relation,
-        key: Option<RowImage>,
-        new: Option<RowImage>,
-        old: Option<RowImage>,
-        unchanged: Vec<Arc<str>>,
-        message: &'static str,
-    ) -> Result<(), ApplyError> {
-        let txn = self
-            .txn
-            .as_mut()
-            .ok_or(ApplyError::OutsideTransaction { message })?;
-        out.push(ChangeEvent::new(
-            next_id(txn),
-            Arc::clone(&self.tenant),
-            Some(txn.xid),
-            Some(txn.commit_ts_micros),
-            op,
-            ChangeBody::Row {
-                table: rel.table.clone(),
-                key,
-                new,
-                old,
-                unchanged,
-            },
-        ));
-        Ok(())
-    }
+/// A row change, before it is numbered.
+struct RowChange {
+    op: Op,
+    key: Option<RowImage>,
+    new: Option<RowImage>,
+    old: Option<RowImage>,
+    unchanged: Vec<Arc<str>>,
+}
+
+/// Numbers a row change in the open transaction and makes its event.
+fn row_event(
+    txn: &mut Option<TxnInfo>,
+    tenant: &Arc<str>,
+    rel: &Relation,
+    change: RowChange,
+    message: &'static str,
+) -> Result<ChangeEvent, ApplyError> {
+    let txn = txn
+        .as_mut()
+        .ok_or(ApplyError::OutsideTransaction { message })?;
+    Ok(ChangeEvent::new(
+        next_id(txn),
+        Arc::clone(tenant),
+        Some(txn.xid),
+        Some(txn.commit_ts_micros),
+        change.op,
+        ChangeBody::Row {
+            table: rel.table.clone(),
+            key: change.key,
+            new: change.new,
+            old: change.old,
+            unchanged: change.unchanged,
+        },
+    ))
 }
 
 fn next_id(txn: &mut TxnInfo) -> EventId {
@@ -320,14 +349,27 @@ enum RowPart {
     KeyOnly,
 }
 
-/// Typed values of a tuple, and the columns left out as unchanged TOAST.
+/// One tuple as typed values.
+struct Image {
+    row: RowImage,
+    /// The replica-identity columns of `row` (None when the table has none
+    /// or they were not asked for), taken in the same pass: an event
+    /// carries both.
+    key: Option<RowImage>,
+    /// Columns left out as unchanged TOAST.
+    unchanged: Vec<Arc<str>>,
+}
+
+/// Typed values of a tuple, its key columns (when `with_key`), and the
+/// columns left out as unchanged TOAST.
 fn row_image(
     rel: &Relation,
     types: &TypeMap,
     report_stale: bool,
     values: &[TupleValue],
     part: RowPart,
-) -> Result<(RowImage, Vec<Arc<str>>), ApplyError> {
+    with_key: bool,
+) -> Result<Image, ApplyError> {
     if values.len() != rel.columns.len() {
         return Err(ApplyError::ColumnCount {
             table: rel.table.to_string(),
@@ -335,7 +377,12 @@ fn row_image(
             found: values.len(),
         });
     }
-    let mut row = Vec::with_capacity(values.len());
+    let key_count = rel.columns.iter().filter(|c| c.is_key).count();
+    let mut key = (with_key && key_count > 0).then(|| Vec::with_capacity(key_count));
+    let mut row = Vec::with_capacity(match part {
+        RowPart::All => values.len(),
+        RowPart::KeyOnly => key_count,
+    });
     let mut unchanged = Vec::new();
     let stale = Cell::new(None);
     for (column, value) in rel.columns.iter().zip(values) {
@@ -367,9 +414,16 @@ fn row_image(
                 type_oid,
             });
         }
+        if let (true, Some(key)) = (column.is_key, key.as_mut()) {
+            key.push((Arc::clone(&column.name), datum.clone()));
+        }
         row.push((Arc::clone(&column.name), datum));
     }
-    Ok((RowImage(row), unchanged))
+    Ok(Image {
+        row: RowImage(row),
+        key: key.map(RowImage),
+        unchanged,
+    })
 }
 
 fn old_image(
@@ -377,27 +431,14 @@ fn old_image(
     types: &TypeMap,
     report_stale: bool,
     old: &OldTuple,
-) -> Result<RowImage, ApplyError> {
+    with_key: bool,
+) -> Result<Image, ApplyError> {
     let part = match old.kind {
         // A key tuple sends the other columns as NULL: leave them out.
         OldTupleKind::Key => RowPart::KeyOnly,
         OldTupleKind::Full => RowPart::All,
     };
-    Ok(row_image(rel, types, report_stale, &old.values, part)?.0)
-}
-
-/// The replica-identity columns of a row image (None when the table has none).
-fn key_image(rel: &Relation, row: &RowImage) -> Option<RowImage> {
-    if !rel.has_key() {
-        return None;
-    }
-    let key = rel
-        .columns
-        .iter()
-        .filter(|c| c.is_key)
-        .filter_map(|c| row.get(&c.name).map(|v| (Arc::clone(&c.name), v.clone())))
-        .collect();
-    Some(RowImage(key))
+    row_image(rel, types, report_stale, &old.values, part, with_key)
 }
 
 #[cfg(test)]

@@ -7,10 +7,12 @@
 //! A value that does not parse as its type is kept as text (in binary mode as
 //! `{"binary_base64": …}`): an odd value never stops the stream.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::json::is_json;
 use crate::model::{base64_encode, civil_from_days, Datum, TypeShape};
 
 /// Built-in type OIDs (from `pg_type.dat`).
@@ -64,8 +66,28 @@ const PG_EPOCH_DAYS: i64 = 10_957;
 
 /// Built-in scalar types: their values are typed by `scalar_text` (or kept
 /// as text), and the catalog never needs to be asked about them. Every base
-/// type of pg_catalog in PostgreSQL 15.
+/// type of pg_catalog in PostgreSQL 15. One bit test: this runs for every
+/// value and array element.
 fn is_builtin_scalar(oid: u32) -> bool {
+    let word = (oid / 64) as usize;
+    word < SCALAR_BITS.len() && SCALAR_BITS[word] & (1 << (oid % 64)) != 0
+}
+
+/// `builtin_scalar_oid` as a bit set: every such OID is below 6,400.
+const SCALAR_BITS: [u64; 100] = {
+    let mut bits = [0u64; 100];
+    let mut oid = 0;
+    while oid < 6_400 {
+        if builtin_scalar_oid(oid) {
+            bits[(oid / 64) as usize] |= 1 << (oid % 64);
+        }
+        oid += 1;
+    }
+    bits
+};
+
+/// The list of built-in scalar type OIDs (see [`is_builtin_scalar`]).
+const fn builtin_scalar_oid(oid: u32) -> bool {
     matches!(
         oid,
         16..=30
@@ -466,11 +488,6 @@ fn json_datum(text: String) -> Datum {
     }
 }
 
-/// Whether `text` is one well-formed JSON value.
-fn is_json(text: &str) -> bool {
-    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum DateTime {
     Date,
@@ -568,7 +585,7 @@ struct ArrayParser<'a> {
     element: &'a dyn Fn(&str) -> Datum,
 }
 
-impl ArrayParser<'_> {
+impl<'a> ArrayParser<'a> {
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.pos).copied()
     }
@@ -592,10 +609,13 @@ impl ArrayParser<'_> {
                 }
                 _ => {
                     let start = self.pos;
-                    while self.peek()? != self.delimiter && self.peek()? != b'}' {
-                        self.pos += 1;
-                    }
-                    let raw = self.text[start..self.pos].trim();
+                    let delimiter = self.delimiter;
+                    self.pos += self.bytes[start..]
+                        .iter()
+                        .position(|&b| b == delimiter || b == b'}')?;
+                    // array_out quotes an element with white space at
+                    // either end; array_in skips ASCII white space only.
+                    let raw = self.text[start..self.pos].trim_ascii();
                     // Only an unquoted NULL is a null element; "NULL" is text.
                     if raw.eq_ignore_ascii_case("NULL") {
                         Datum::Null
@@ -616,14 +636,28 @@ impl ArrayParser<'_> {
         }
     }
 
-    fn quoted(&mut self) -> Option<String> {
+    /// A quoted element, after its opening quote: a slice of the literal
+    /// when it has no backslash (no copy), else the unescaped text.
+    fn quoted(&mut self) -> Option<Cow<'a, str>> {
         self.pos += 1; // opening quote
-        let mut out = Vec::new();
+        let start = self.pos;
+        loop {
+            match self.peek()? {
+                // The quotes are ASCII, so the slice is on char boundaries.
+                b'"' => {
+                    self.pos += 1;
+                    return Some(Cow::Borrowed(&self.text[start..self.pos - 1]));
+                }
+                b'\\' => break,
+                _ => self.pos += 1,
+            }
+        }
+        let mut out = self.bytes[start..self.pos].to_vec();
         loop {
             match self.peek()? {
                 b'"' => {
                     self.pos += 1;
-                    return String::from_utf8(out).ok();
+                    return String::from_utf8(out).ok().map(Cow::Owned);
                 }
                 b'\\' => {
                     self.pos += 1;
@@ -1330,6 +1364,13 @@ mod tests {
         );
         assert_eq!(text_to_datum(DATE, "2026-11-28"), t("2026-11-28"));
         assert_eq!(text_to_datum(12345, "whatever"), t("whatever"));
+    }
+
+    #[test]
+    fn scalar_bit_set_is_the_list() {
+        for oid in (0..100_000).chain([u32::MAX - 1, u32::MAX]) {
+            assert_eq!(is_builtin_scalar(oid), builtin_scalar_oid(oid), "{oid}");
+        }
     }
 
     #[test]

@@ -11,4 +11,5 @@ pub use event::{
 };
 pub use lsn::{Lsn, ParseLsnError};
 pub use time::{civil_from_days, format_pg_timestamp, now_pg_micros, now_unix};
+pub(crate) use wire::escape_flags;
 pub use wire::{base64_encode, datum_json, encode_event, row_json, write_datum_json};

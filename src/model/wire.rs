@@ -14,33 +14,55 @@ use super::time::write_pg_timestamp;
 /// `id, tenant, lsn, xid, commit_ts, schema, table, op, key, new, old`, then
 /// `unchanged`, `truncate` or `message` where they apply.
 pub fn encode_event(event: &ChangeEvent) -> Bytes {
-    // A tasks row with a small jsonb and an array takes about 500 bytes: start
-    // there rather than grow (each growth is a copy).
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(b"{\"id\":\"");
-    write_u64(&mut out, event.id.commit_lsn.0);
-    out.push(b'-');
-    write_u64(&mut out, event.id.index.into());
-    out.push(b'"');
-    TXN_HEADER.with(|cached| {
-        let mut cached = cached.borrow_mut();
-        let fresh = match &*cached {
-            Some(header) => !header.is_for(event),
-            None => true,
-        };
-        if fresh {
-            *cached = Some(TxnHeader::new(event));
+    ENCODER.with(|encoder| {
+        let mut encoder = encoder.borrow_mut();
+        let Encoder { buf, header } = &mut *encoder;
+        buf.clear();
+        write_event(buf, header, event);
+        // One allocation of the exact size; `Bytes::from(Vec)` of a longer
+        // buffer would allocate a second time for its reference count.
+        let encoded = Bytes::copy_from_slice(buf);
+        if buf.capacity() > MAX_KEPT_BUFFER {
+            *buf = Vec::new();
         }
-        if let Some(header) = &*cached {
-            out.extend_from_slice(&header.bytes);
-        }
-    });
+        encoded
+    })
+}
+
+/// A buffer larger than this (an event with a large value) is given back
+/// rather than kept for the next event.
+const MAX_KEPT_BUFFER: usize = 64 * 1024;
+
+thread_local! {
+    /// The encoding buffer and the last transaction header of this thread.
+    static ENCODER: RefCell<Encoder> = const {
+        RefCell::new(Encoder {
+            buf: Vec::new(),
+            header: None,
+        })
+    };
+}
+
+struct Encoder {
+    buf: Vec<u8>,
+    header: Option<TxnHeader>,
+}
+
+fn write_event(out: &mut Vec<u8>, cached: &mut Option<TxnHeader>, event: &ChangeEvent) {
+    if !cached.as_ref().is_some_and(|header| header.is_for(event)) {
+        *cached = Some(TxnHeader::new(event));
+    }
+    if let Some(header) = cached {
+        out.extend_from_slice(header.id_prefix());
+        write_u64(out, event.id.index.into());
+        out.extend_from_slice(header.rest());
+    }
     match event.table() {
         Some(table) => {
             out.extend_from_slice(b",\"schema\":");
-            write_str(&mut out, &table.schema);
+            write_str(out, &table.schema);
             out.extend_from_slice(b",\"table\":");
-            write_str(&mut out, &table.name);
+            write_str(out, &table.name);
         }
         None => out.extend_from_slice(b",\"schema\":null,\"table\":null"),
     }
@@ -56,18 +78,18 @@ pub fn encode_event(event: &ChangeEvent) -> Bytes {
             ..
         } => {
             out.extend_from_slice(b",\"key\":");
-            write_row(&mut out, key.as_ref());
+            write_row(out, key.as_ref());
             out.extend_from_slice(b",\"new\":");
-            write_row(&mut out, new.as_ref());
+            write_row(out, new.as_ref());
             out.extend_from_slice(b",\"old\":");
-            write_row(&mut out, old.as_ref());
+            write_row(out, old.as_ref());
             if !unchanged.is_empty() {
                 out.extend_from_slice(b",\"unchanged\":[");
                 for (i, column) in unchanged.iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }
-                    write_str(&mut out, column);
+                    write_str(out, column);
                 }
                 out.push(b']');
             }
@@ -95,11 +117,11 @@ pub fn encode_event(event: &ChangeEvent) -> Bytes {
             );
             out.extend_from_slice(if *transactional { b"true" } else { b"false" });
             out.extend_from_slice(b",\"prefix\":");
-            write_str(&mut out, prefix);
+            write_str(out, prefix);
             match std::str::from_utf8(content) {
                 Ok(text) => {
                     out.extend_from_slice(b",\"encoding\":\"utf8\",\"content\":");
-                    write_str(&mut out, text);
+                    write_str(out, text);
                 }
                 Err(_) => {
                     out.extend_from_slice(b",\"encoding\":\"base64\",\"content\":\"");
@@ -111,16 +133,11 @@ pub fn encode_event(event: &ChangeEvent) -> Bytes {
         }
     }
     out.push(b'}');
-    Bytes::from(out)
 }
 
-thread_local! {
-    /// The last transaction header written on this thread.
-    static TXN_HEADER: RefCell<Option<TxnHeader>> = const { RefCell::new(None) };
-}
-
-/// What every event of one transaction repeats:
-/// `,"tenant":…,"lsn":…,"xid":…,"commit_ts":…`. A transaction's events are
+/// What every event of one transaction repeats: `{"id":"<commit lsn>-`
+/// before the event's index, and `",tenant":…,"lsn":…,"xid":…,"commit_ts":…`
+/// after it. A transaction's events are
 /// encoded one after another on its tenant's task, so this is written once
 /// per transaction and copied after that (it was a tenth of the encoding
 /// time). Keyed by everything it is made of, so a miss only costs a rewrite.
@@ -129,13 +146,20 @@ struct TxnHeader {
     commit_lsn: u64,
     xid: Option<u32>,
     commit_ts_micros: Option<i64>,
+    /// The part before the index, then the part after it.
     bytes: Vec<u8>,
+    /// Where the index goes in `bytes`.
+    index_at: usize,
 }
 
 impl TxnHeader {
     fn new(event: &ChangeEvent) -> Self {
-        let mut out = Vec::with_capacity(96);
-        out.extend_from_slice(b",\"tenant\":");
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(b"{\"id\":\"");
+        write_u64(&mut out, event.id.commit_lsn.0);
+        out.push(b'-');
+        let index_at = out.len();
+        out.extend_from_slice(b"\",\"tenant\":");
         write_str(&mut out, &event.tenant);
         out.extend_from_slice(b",\"lsn\":\"");
         // As `Lsn`'s Display (`0/16B3748`), without a temporary String.
@@ -163,7 +187,16 @@ impl TxnHeader {
             xid: event.xid,
             commit_ts_micros: event.commit_ts_micros,
             bytes: out,
+            index_at,
         }
+    }
+
+    fn id_prefix(&self) -> &[u8] {
+        &self.bytes[..self.index_at]
+    }
+
+    fn rest(&self) -> &[u8] {
+        &self.bytes[self.index_at..]
     }
 
     fn is_for(&self, event: &ChangeEvent) -> bool {
@@ -283,42 +316,93 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Whether a JSON string needs escapes: a control character (below 0x20),
-/// a quote or a backslash. Eight bytes at a time ("determine if a word has a
-/// byte less than n", Bit Twiddling Hacks): exact as a yes/no answer.
+/// a quote or a backslash. Eight bytes at a time ([`escape_flags`]);
+/// a short text is read as overlapping pieces of one word (every byte is in
+/// one of them), so there is no loop over its bytes.
+#[inline]
 fn needs_escape(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let v = u64::from_le_bytes(word);
-        let quote = v ^ (ONES * u64::from(b'"'));
-        let backslash = v ^ (ONES * u64::from(b'\\'));
-        let control = v.wrapping_sub(ONES * 0x20) & !v;
-        let quote = quote.wrapping_sub(ONES) & !quote;
-        let backslash = backslash.wrapping_sub(ONES) & !backslash;
-        if (control | quote | backslash) & HIGH != 0 {
-            return true;
+    let len = bytes.len();
+    let word = if len >= 8 {
+        let mut at = 0;
+        while at + 8 < len {
+            if escape_flags(word_at(bytes, at)) != 0 {
+                return true;
+            }
+            at += 8;
         }
-    }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        word_at(bytes, len - 8)
+    } else if len >= 4 {
+        let mut low = [0u8; 4];
+        let mut high = [0u8; 4];
+        low.copy_from_slice(&bytes[..4]);
+        high.copy_from_slice(&bytes[len - 4..]);
+        u64::from(u32::from_le_bytes(low)) | (u64::from(u32::from_le_bytes(high)) << 32)
+    } else if len > 0 {
+        // Three bytes cover a text of one to three; the rest needs no escape.
+        let pad = b'a';
+        u64::from_le_bytes([
+            bytes[0],
+            bytes[len / 2],
+            bytes[len - 1],
+            pad,
+            pad,
+            pad,
+            pad,
+            pad,
+        ])
+    } else {
+        return false;
+    };
+    escape_flags(word) != 0
 }
 
-/// Writes an unsigned integer in decimal without a temporary String.
+/// Eight bytes from `at` (which has eight bytes after it), little-endian.
+#[inline]
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// The high bit of each byte of `v` that is below 0x20, a quote or a
+/// backslash ("determine if a word has a byte less than n", Bit Twiddling
+/// Hacks). A byte can be flagged wrongly only above a byte that really
+/// matches, so the lowest flag (the first byte, read little-endian) is exact.
+#[inline]
+pub(crate) fn escape_flags(v: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let quote = v ^ (ONES * u64::from(b'"'));
+    let backslash = v ^ (ONES * u64::from(b'\\'));
+    let control = v.wrapping_sub(ONES * 0x20) & !v;
+    let quote = quote.wrapping_sub(ONES) & !quote;
+    let backslash = backslash.wrapping_sub(ONES) & !backslash;
+    (control | quote | backslash) & HIGH
+}
+
+/// Writes an unsigned integer in decimal without a temporary String, two
+/// digits at a time.
 fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut buf = [0u8; 20];
     let mut i = buf.len();
-    loop {
+    while n >= 100 {
+        let pair = 2 * (n % 100) as usize;
+        n /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = 2 * n as usize;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        buf[i] = b'0' + n as u8;
     }
     out.extend_from_slice(&buf[i..]);
 }
@@ -465,7 +549,7 @@ mod tests {
 
     #[test]
     fn needs_escape_finds_every_special_byte_at_every_position() {
-        for len in 0..20 {
+        for len in 0..40 {
             for at in 0..len {
                 for b in 0..=255u8 {
                     let mut bytes = vec![b'a'; len];
@@ -479,8 +563,66 @@ mod tests {
                 }
             }
         }
+        assert!(!needs_escape(b""));
         // Bytes that border the searched ones, and UTF-8 continuation bytes.
         assert!(!needs_escape("!#[]^ ünïcode ✓ \u{7f}".as_bytes()));
+    }
+
+    /// The position of the first byte a JSON string must escape, or
+    /// `bytes.len()`, by the lowest flag of [`escape_flags`] (as the json
+    /// validity check scans strings): checks that the lowest flag is exact.
+    fn escape_position(bytes: &[u8]) -> usize {
+        let len = bytes.len();
+        if len < 8 {
+            return bytes
+                .iter()
+                .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+                .unwrap_or(len);
+        }
+        let mut at = 0;
+        while at + 8 <= len {
+            let flags = escape_flags(word_at(bytes, at));
+            if flags != 0 {
+                return at + (flags.trailing_zeros() / 8) as usize;
+            }
+            at += 8;
+        }
+        if at < len {
+            // The last eight bytes, some of them checked already: those have no
+            // match, so the lowest flag is still exact.
+            let flags = escape_flags(word_at(bytes, len - 8));
+            if flags != 0 {
+                return len - 8 + (flags.trailing_zeros() / 8) as usize;
+            }
+        }
+        len
+    }
+
+    #[test]
+    fn escape_position_finds_the_first_special_byte_at_every_position() {
+        for len in 0..20 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = b;
+                    let special = b < 0x20 || b == b'"' || b == b'\\';
+                    let expected = if special { at } else { len };
+                    assert_eq!(
+                        escape_position(&bytes),
+                        expected,
+                        "byte {b:#x} at {at} of {len}"
+                    );
+                    // A second special byte after the first does not move it.
+                    if special && at + 1 < len {
+                        bytes[at + 1] = b'"';
+                        assert_eq!(escape_position(&bytes), at, "{b:#x} then a quote");
+                    }
+                }
+            }
+        }
+        // Bytes that border the searched ones, and UTF-8 continuation bytes.
+        let clean = "!#[]^ ünïcode ✓ \u{7f}";
+        assert_eq!(escape_position(clean.as_bytes()), clean.len());
     }
 
     #[test]
