@@ -127,11 +127,7 @@ async fn rejection(err: Rejection) -> Result<Response, Rejection> {
     if err.find::<warp::reject::MissingHeader>().is_some()
         || err.find::<warp::reject::InvalidHeader>().is_some()
     {
-        return Ok(error(
-            400,
-            "bad_request",
-            "a header is missing or invalid; WebSocket clients must send the upgrade headers",
-        ));
+        return Ok(error(400, "bad_request", "a header is missing or invalid"));
     }
     if err.find::<warp::reject::PayloadTooLarge>().is_some() {
         return Ok(error(
