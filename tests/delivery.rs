@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -98,17 +98,7 @@ struct Sse {
 
 impl Sse {
     fn open(url: &str, headers: &[String]) -> Sse {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sN", "--max-time", "120"]);
-        for h in headers {
-            cmd.args(["-H", h]);
-        }
-        let mut child = cmd
-            .arg(url)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("curl");
+        let mut child = curl_stream(url, headers, 120);
         let stdout = child.stdout.take().unwrap();
         let (tx, frames) = mpsc::channel();
         std::thread::spawn(move || {

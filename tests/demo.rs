@@ -6,15 +6,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{walcast_bin, WAIT};
+use common::{curl_stream, lines_of, text_of, walcast_bin, WAIT};
 
 /// The generator writes every 0.5-1 s, so a change is due well within this.
 const EVENT_WAIT: Duration = Duration::from_secs(15);
@@ -38,30 +37,8 @@ impl Demo {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn walcast demo");
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        let mut pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let lines = lines_of(child.stdout.take().unwrap());
+        let stderr = text_of(child.stderr.take().unwrap());
         Demo {
             child,
             lines,
@@ -171,27 +148,9 @@ fn curl(args: &[&str]) -> (u16, String, String) {
 /// Streams `curl -sN` (with `headers`) and returns its output once it holds
 /// an `event: change` frame, or panics after [`EVENT_WAIT`].
 fn first_change(url: &str, headers: &[&str]) -> String {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sN", "--max-time", "60"]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    let mut child = cmd
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("curl");
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let headers: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    let mut child = curl_stream(url, &headers, 60);
+    let rx = lines_of(child.stdout.take().unwrap());
     let deadline = Instant::now() + EVENT_WAIT;
     let mut seen = Vec::new();
     let found = loop {

@@ -130,30 +130,8 @@ impl Walcast {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn walcast");
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let lines = lines_of(child.stdout.take().unwrap());
+        let stderr = text_of(child.stderr.take().unwrap());
         Walcast {
             child,
             lines,
@@ -277,6 +255,53 @@ pub fn stream_events(con: &mut redis::Connection, tenant: &str) -> Vec<serde_jso
             event
         })
         .collect()
+}
+
+/// Each line `reader` yields, sent on the returned channel by a thread.
+pub fn lines_of(reader: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+/// Everything `reader` yields, gathered by a thread into a shared string.
+pub fn text_of(mut reader: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&text);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+/// `curl -sN` streaming `url` (with `headers`) for at most `max_secs`; its
+/// standard output is piped.
+pub fn curl_stream(url: &str, headers: &[String], max_secs: u32) -> Child {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sN", "--max-time", &max_secs.to_string()]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run curl")
 }
 
 /// Polls `check` every 100 ms until it returns true or `WAIT` passes.
