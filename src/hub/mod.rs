@@ -81,6 +81,17 @@ impl TenantHub {
             .clone()
     }
 
+    /// Whether the known schema has `table` with exactly these columns.
+    pub fn knows_columns<'a>(
+        &self,
+        table: &TableName,
+        names: impl Iterator<Item = &'a str>,
+    ) -> bool {
+        let schema = self.schema();
+        let known = schema.as_ref().and_then(|s| s.columns(table));
+        known.is_some_and(|c| c.names().into_iter().eq(names))
+    }
+
     pub fn set_schema(&self, schema: Schema) {
         *self.schema.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(schema));
     }

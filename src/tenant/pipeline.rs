@@ -304,7 +304,14 @@ pub(super) async fn run_session(
                 if let PgOutputMessage::Relation(relation) = &msg {
                     let types = relation.columns.iter().map(|c| c.type_oid);
                     learn_types(&catalog, tenant, &mut applier, types).await?;
-                    if let Some(hub) = &options.hub {
+                    // Postgres describes each table at its first change of a
+                    // session; read the catalog again only when the columns
+                    // differ from what the hub knows (ALTER TABLE).
+                    if let Some(hub) = options.hub.as_ref().filter(|hub| {
+                        let table = TableName::new(&relation.namespace, &relation.name);
+                        let names = relation.columns.iter().map(|c| c.name.as_str());
+                        !hub.knows_columns(&table, names)
+                    }) {
                         learn_columns(&catalog, tenant, hub).await;
                     }
                 }
