@@ -90,6 +90,21 @@ struct Frame {
     comment: String,
 }
 
+impl Frame {
+    /// Adds one line of the frame.
+    fn push_line(&mut self, line: &str) {
+        if let Some(v) = line.strip_prefix(':') {
+            self.comment.push_str(v);
+        } else if let Some(v) = line.strip_prefix("id: ") {
+            self.id = Some(v.to_owned());
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            self.event = Some(v.to_owned());
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            self.data.push_str(v);
+        }
+    }
+}
+
 /// `curl -N` reading an SSE stream; frames arrive on a channel.
 struct Sse {
     child: Child,
@@ -107,14 +122,8 @@ impl Sse {
                 let Ok(line) = line else { break };
                 if line.is_empty() {
                     let _ = tx.send(std::mem::take(&mut frame));
-                } else if let Some(v) = line.strip_prefix(':') {
-                    frame.comment.push_str(v);
-                } else if let Some(v) = line.strip_prefix("id: ") {
-                    frame.id = Some(v.to_owned());
-                } else if let Some(v) = line.strip_prefix("event: ") {
-                    frame.event = Some(v.to_owned());
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    frame.data.push_str(v);
+                } else {
+                    frame.push_line(&line);
                 }
             }
         });
@@ -213,6 +222,69 @@ fn ws_connect_slow(port: u16, tenant: &str, token: &str) -> Ws {
     let (ws, _) = tungstenite::client(request, tungstenite::stream::MaybeTlsStream::Plain(stream))
         .expect("websocket connects");
     ws
+}
+
+/// An SSE client on a socket that holds at most 64 KiB unread, reading
+/// the HTTP/1.1 response itself (chunked encoding included). Returns the
+/// frames it read, one every 10 ms (a slow reader), until the stream ends.
+fn sse_slow_reader(port: u16, path: &str) -> std::thread::JoinHandle<Vec<Frame>> {
+    use std::io::{Read, Write};
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line.to_lowercase());
+    }
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    std::thread::spawn(move || {
+        let mut frames = Vec::new();
+        let mut text = String::new();
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).unwrap();
+            let size = usize::from_str_radix(size.trim_end(), 16).expect("a chunk size line");
+            let mut chunk = vec![0u8; size + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            assert_eq!(&chunk[size..], b"\r\n", "chunk framing");
+            if size == 0 {
+                break;
+            }
+            text.push_str(std::str::from_utf8(&chunk[..size]).unwrap());
+            while let Some(end) = text.find("\n\n") {
+                let mut frame = Frame::default();
+                for line in text[..end].lines() {
+                    frame.push_line(line);
+                }
+                text.drain(..end + 2);
+                if frame.event.is_some() {
+                    frames.push(frame);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        assert!(text.is_empty(), "a frame cut off: {text:?}");
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "bytes after the last chunk");
+        frames
+    })
 }
 
 fn ws_send(ws: &mut Ws, message: Value) {
@@ -672,6 +744,10 @@ fn without_redis_slow_clients_expiry_shutdown_and_a_thousand_subscribers() {
         &mut slow,
         json!({"type": "subscribe", "id": "slow", "tables": ["public.tasks"]}),
     );
+    let slow_sse = sse_slow_reader(
+        port,
+        &format!("/v1/acme/events?table=public.tasks&access_token={op}"),
+    );
     let fast = Sse::open(
         &format!("{base}/v1/acme/events?table=public.tasks&access_token={op}"),
         &[],
@@ -711,6 +787,22 @@ fn without_redis_slow_clients_expiry_shutdown_and_a_thousand_subscribers() {
     );
     let closed = ws_next(&mut slow);
     assert_eq!(closed["frame"][0], 1013, "{closed}");
+    // The same over SSE: changes, then a gap naming the last one, then the
+    // end of the response.
+    let frames = slow_sse
+        .join()
+        .expect("the slow SSE client read to the end");
+    let (gap, changes) = frames.split_last().unwrap();
+    assert_eq!(gap.event.as_deref(), Some("gap"), "{gap:?}");
+    let gap: Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(gap["reason"], "lagged", "{gap}");
+    assert!(changes.len() < 2000, "the slow SSE client was cut off");
+    assert!(changes.iter().all(|f| f.event.as_deref() == Some("change")));
+    assert_eq!(
+        gap["last_event_id"].as_str(),
+        changes.last().and_then(|f| f.id.as_deref()),
+        "resume from the last id it received"
+    );
     // It resumes from there and gets the rest, once.
     let mut again = ws_connect(port, "acme", &op);
     ws_subscribe(

@@ -49,6 +49,32 @@ pub fn error(status: u16, code: &str, message: &str) -> Response {
     reply
 }
 
+/// The CORS check for the paths that bypass warp's cors filter (the SSE
+/// writer, WebSocket upgrades). With `[server] cors_origins` set, a request
+/// from another origin must be listed (or `*`); `Ok(Some(origin))` is the
+/// origin to name in `access-control-allow-origin`. Without it, no CORS
+/// headers are sent and a browser keeps the page from reading the reply.
+pub fn check_origin<'a>(
+    cors_origins: &[String],
+    origin: Option<&'a str>,
+) -> Result<Option<&'a str>, Response> {
+    let Some(origin) = origin.filter(|_| !cors_origins.is_empty()) else {
+        return Ok(None);
+    };
+    if cors_origins.iter().any(|o| o == "*" || o == origin) {
+        Ok(Some(origin))
+    } else {
+        Err(error(
+            403,
+            "cors_forbidden",
+            &format!(
+                "origin {:?} is not allowed; add it to [server] cors_origins",
+                shorten(origin)
+            ),
+        ))
+    }
+}
+
 impl From<RequestError> for Response {
     fn from(err: RequestError) -> Self {
         error(err.status, err.code, &err.message)

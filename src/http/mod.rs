@@ -1,6 +1,7 @@
 //! The HTTP server: listening, routes, and the mapping of failures to status
 //! codes. It holds no database connections.
 //!
+//! - `accept`: the accept loop, and which connections hyper serves;
 //! - `ops`: `/healthz`, `/readyz`, `/metrics`;
 //! - `client`: what the client API routes share (context, tokens, queries,
 //!   error replies);
@@ -9,6 +10,7 @@
 //! - `state`: `GET /v1/{tenant}/state/{schema.table}`;
 //! - the inspector page at `/` (`inspector.html`, embedded in the binary).
 
+pub mod accept;
 pub mod client;
 pub mod ops;
 pub mod sse;
@@ -150,75 +152,6 @@ async fn rejection(err: Rejection) -> Result<Response, Rejection> {
     ))
 }
 
-/// The WebSocket endpoint's context and the allowed origins.
-type WebSocketRoute = Option<(Arc<ClientContext>, Arc<Vec<String>>)>;
-
-/// Accepts connections until `cancel` fires, then lets open requests
-/// finish. This is what `warp::serve` does, with one difference: requests to
-/// `/v1/<tenant>/ws` are upgraded here (`ws::upgrade`), with walcast's own
-/// WebSocket buffer sizes.
-async fn accept_loop<S>(
-    listener: TcpListener,
-    service: S,
-    websocket: WebSocketRoute,
-    cancel: CancellationToken,
-) where
-    S: tower_service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let stream = tokio::select! {
-            _ = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of file descriptors, for example: wait, then go on.
-                    tracing::warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let service = service.clone();
-        let websocket = websocket.clone();
-        let handler =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let mut service = service.clone();
-                let websocket = websocket.clone();
-                async move {
-                    if let Some((ctx, origins)) = &websocket {
-                        if let Some(tenant) = ws::ws_path(req.uri().path()).map(str::to_owned) {
-                            return Ok(ws::upgrade(Arc::clone(ctx), origins, &tenant, req));
-                        }
-                    }
-                    tower_service::Service::call(&mut service, req).await
-                }
-            });
-        let mut builder =
-            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-        builder.http1();
-        let connection = builder
-            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), handler)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                // A client that went away mid-response: normal, not an error.
-                tracing::debug!(%error, "http connection ended");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-}
-
 /// Serves the routes on every listener until `cancel` fires.
 pub fn serve(
     listeners: Vec<TcpListener>,
@@ -232,7 +165,7 @@ pub fn serve(
         tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http request");
     });
     let ops = ops::routes(ops_state).map(Reply::into_response);
-    let websocket: WebSocketRoute = client
+    let client_route: accept::ClientRoute = client
         .as_ref()
         .map(|(ctx, server)| (Arc::clone(ctx), Arc::new(server.cors_origins.clone())));
     let routes: warp::filters::BoxedFilter<(Response,)> = match client {
@@ -279,10 +212,10 @@ pub fn serve(
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "http listening (/v1 client API, /healthz, /readyz, /metrics)");
         }
-        tracker.spawn(accept_loop(
+        tracker.spawn(accept::accept_loop(
             listener,
             service.clone(),
-            websocket.clone(),
+            client_route.clone(),
             cancel.clone(),
         ));
     }

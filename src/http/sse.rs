@@ -16,16 +16,20 @@
 #![allow(clippy::result_large_err)]
 
 use std::convert::Infallible;
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use warp::reply::Response;
 use warp::Reply;
 
-use super::client::{error, gap_json, ClientContext, SubscriberGauge};
+use super::accept::SseRequest;
+use super::client::{check_origin, error, gap_json, ClientContext, SubscriberGauge};
 use crate::hub::{Feed, FeedEnd, FeedItem};
 use crate::model::EventId;
 
@@ -34,7 +38,8 @@ const KNOWN: &[&str] = &["table", "op", "filter", "access_token", "last_event_id
 /// How long a browser waits before reconnecting, in milliseconds.
 const RETRY_MS: u64 = 2000;
 
-/// Answers one SSE request.
+/// Answers one SSE request that came through warp (a later request on a
+/// kept-alive connection; the first goes to `serve_socket`).
 pub fn events(
     ctx: Arc<ClientContext>,
     tenant: String,
@@ -42,9 +47,199 @@ pub fn events(
     authorization: Option<String>,
     last_event_id: Option<String>,
 ) -> Response {
-    match start(&ctx, &tenant, &raw_query, authorization, last_event_id) {
-        Ok((feed, principal_expiry)) => stream(ctx, tenant, feed, principal_expiry),
+    match open(ctx, &tenant, &raw_query, authorization, last_event_id) {
+        Ok(stream) => stream.into_response(),
         Err(reply) => reply,
+    }
+}
+
+/// Checks the request and opens its stream, or says why not.
+pub fn open(
+    ctx: Arc<ClientContext>,
+    tenant: &str,
+    raw_query: &str,
+    authorization: Option<String>,
+    last_event_id: Option<String>,
+) -> Result<SseStream, Response> {
+    let (feed, expiry) = start(&ctx, tenant, raw_query, authorization, last_event_id)?;
+    Ok(SseStream::new(ctx, tenant, feed, expiry))
+}
+
+/// The response headers of an event stream (both paths).
+const STREAM_HEADERS: &[(&str, &str)] = &[
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("cache-control", "no-cache"),
+    // Proxies such as nginx would otherwise buffer the stream.
+    ("x-accel-buffering", "no"),
+];
+
+/// How long a write may wait for a client that does not read.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+/// The same, for the last frames at shutdown.
+const WRITE_STALL_AT_SHUTDOWN: Duration = Duration::from_secs(2);
+
+/// Serves a `GET /v1/<tenant>/events` request on a connection that
+/// `accept` handed over with its request head read: the reply, then the
+/// stream in chunked encoding, then the connection is closed. This holds no
+/// buffer between frames, unlike a hyper connection (8 KiB read + 8 KiB
+/// write for its lifetime).
+pub async fn serve_socket(
+    mut socket: TcpStream,
+    ctx: Arc<ClientContext>,
+    cors_origins: &[String],
+    request: SseRequest,
+) {
+    let origin = match check_origin(cors_origins, request.origin.as_deref()) {
+        Ok(origin) => origin,
+        Err(reply) => return write_reply(&mut socket, &request.path, None, reply).await,
+    };
+    let opened = open(
+        Arc::clone(&ctx),
+        &request.tenant,
+        &request.query,
+        request.authorization,
+        request.last_event_id,
+    );
+    let mut stream = match opened {
+        Ok(stream) => stream,
+        Err(reply) => return write_reply(&mut socket, &request.path, origin, reply).await,
+    };
+    tracing::debug!(method = "GET", path = %request.path, status = 200, "http request");
+    // Frames are batched into chunks already; each goes out at once.
+    let _ = socket.set_nodelay(true);
+    let mut head = String::from("HTTP/1.1 200 OK\r\n");
+    for (name, value) in STREAM_HEADERS {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("x-content-type-options: nosniff\r\n");
+    if let Some(origin) = origin {
+        head.push_str(&format!(
+            "access-control-allow-origin: {origin}\r\nvary: origin\r\n"
+        ));
+    }
+    let chunked = !request.http10;
+    if chunked {
+        head.push_str("transfer-encoding: chunked\r\n");
+    }
+    head.push_str("connection: close\r\n\r\n");
+    let mut head = Some(head);
+    let (mut reader, mut writer) = socket.split();
+    loop {
+        let chunk = tokio::select! {
+            chunk = stream.next_chunk() => chunk,
+            () = client_gone(&mut reader) => return,
+        };
+        let head = head.take().unwrap_or_default();
+        let (size, body, end): (String, &[u8], &[u8]) = match (&chunk, chunked) {
+            (Some(chunk), true) => (format!("{:x}\r\n", chunk.len()), chunk, b"\r\n"),
+            (Some(chunk), false) => (String::new(), chunk, b""),
+            (None, true) => (String::new(), b"", b"0\r\n\r\n"),
+            (None, false) => (String::new(), b"", b""),
+        };
+        let stall = if ctx.shutdown.is_cancelled() {
+            WRITE_STALL_AT_SHUTDOWN
+        } else {
+            WRITE_STALL
+        };
+        let written = write_all(
+            &mut writer,
+            &mut [
+                IoSlice::new(head.as_bytes()),
+                IoSlice::new(size.as_bytes()),
+                IoSlice::new(body),
+                IoSlice::new(end),
+            ],
+            stall,
+        )
+        .await;
+        if let Err(error) = written {
+            tracing::debug!(%error, "event stream client gone");
+            return;
+        }
+        if chunk.is_none() {
+            break;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Completes when the client closes its side (or the connection fails);
+/// anything it sends meanwhile is read and ignored.
+async fn client_gone(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
+    let mut buf = [0u8; 128];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Writes every slice, or fails when the client has not taken them within
+/// `stall`.
+async fn write_all(
+    writer: &mut tokio::net::tcp::WriteHalf<'_>,
+    mut slices: &mut [IoSlice<'_>],
+    stall: Duration,
+) -> std::io::Result<()> {
+    let write = async {
+        IoSlice::advance_slices(&mut slices, 0);
+        while !slices.is_empty() {
+            let n = writer.write_vectored(slices).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut slices, n);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(stall, write).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the client read nothing for {} s", stall.as_secs()),
+        )
+    })?
+}
+
+/// Writes a refusal (JSON error reply) and closes the connection.
+async fn write_reply(socket: &mut TcpStream, path: &str, origin: Option<&str>, reply: Response) {
+    use http_body_util::BodyExt;
+    let status = reply.status();
+    tracing::debug!(method = "GET", %path, status = status.as_u16(), "http request");
+    let (parts, body) = reply.into_parts();
+    let body = match body.collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    for (name, value) in &parts.headers {
+        if let Ok(value) = value.to_str() {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("x-content-type-options: nosniff\r\n");
+    if let Some(origin) = origin {
+        head.push_str(&format!(
+            "access-control-allow-origin: {origin}\r\nvary: origin\r\n"
+        ));
+    }
+    head.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    let (_, mut writer) = socket.split();
+    let written = write_all(
+        &mut writer,
+        &mut [IoSlice::new(head.as_bytes()), IoSlice::new(&body)],
+        WRITE_STALL_AT_SHUTDOWN,
+    )
+    .await;
+    if written.is_ok() {
+        let _ = writer.shutdown().await;
     }
 }
 
@@ -81,7 +276,9 @@ fn start(
     Ok((Feed::new(hub, subscription, since), expiry))
 }
 
-struct SseStream {
+/// One client's event stream: frames waiting to go out, and what makes
+/// more.
+pub struct SseStream {
     ctx: Arc<ClientContext>,
     feed: Feed,
     expiry: Option<Instant>,
@@ -94,54 +291,55 @@ struct SseStream {
     _gauge: SubscriberGauge,
 }
 
-fn stream(
-    ctx: Arc<ClientContext>,
-    tenant: String,
-    feed: Feed,
-    expiry: Option<Instant>,
-) -> Response {
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + ctx.heartbeat, ctx.heartbeat);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut out = BytesMut::new();
-    // An `id:` at once: a browser that reconnects before the first event
-    // resumes from here instead of from "now".
-    let start = match feed.start() {
-        Some(id) => format!("id: {id}\n"),
-        None => String::new(),
-    };
-    out.extend_from_slice(
-        format!(
-            "retry: {RETRY_MS}\n{start}: walcast {} events for tenant {tenant}\n\n",
-            env!("CARGO_PKG_VERSION")
-        )
-        .as_bytes(),
-    );
-    let state = SseStream {
-        client_id: feed.start(),
-        ctx,
-        feed,
-        expiry,
-        heartbeat,
-        out,
-        done: false,
-        _gauge: SubscriberGauge::new(&tenant, "sse"),
-    };
-    let body = futures_util::stream::unfold(state, |mut state| async move {
-        let chunk = state.next_chunk().await?;
-        Some((Ok::<Bytes, Infallible>(chunk), state))
-    });
-    let mut response =
-        warp::reply::stream(SyncStream(std::sync::Mutex::new(Box::pin(body)))).into_response();
-    let headers = response.headers_mut();
-    use warp::http::HeaderValue;
-    headers.insert(
-        "content-type",
-        HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
-    headers.insert("cache-control", HeaderValue::from_static("no-cache"));
-    // Proxies such as nginx would otherwise buffer the stream.
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+impl SseStream {
+    fn new(
+        ctx: Arc<ClientContext>,
+        tenant: &str,
+        feed: Feed,
+        expiry: Option<Instant>,
+    ) -> SseStream {
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + ctx.heartbeat, ctx.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut out = BytesMut::new();
+        // An `id:` at once: a browser that reconnects before the first event
+        // resumes from here instead of from "now".
+        let start = match feed.start() {
+            Some(id) => format!("id: {id}\n"),
+            None => String::new(),
+        };
+        out.extend_from_slice(
+            format!(
+                "retry: {RETRY_MS}\n{start}: walcast {} events for tenant {tenant}\n\n",
+                env!("CARGO_PKG_VERSION")
+            )
+            .as_bytes(),
+        );
+        SseStream {
+            client_id: feed.start(),
+            ctx,
+            feed,
+            expiry,
+            heartbeat,
+            out,
+            done: false,
+            _gauge: SubscriberGauge::new(tenant, "sse"),
+        }
+    }
+
+    /// The stream as a response body for hyper.
+    fn into_response(self) -> Response {
+        let body = futures_util::stream::unfold(self, |mut state| async move {
+            let chunk = state.next_chunk().await?;
+            Some((Ok::<Bytes, Infallible>(chunk), state))
+        });
+        let mut response =
+            warp::reply::stream(SyncStream(std::sync::Mutex::new(Box::pin(body)))).into_response();
+        let headers = response.headers_mut();
+        for (name, value) in STREAM_HEADERS {
+            headers.insert(*name, warp::http::HeaderValue::from_static(value));
+        }
+        response
+    }
 }
 
 impl SseStream {

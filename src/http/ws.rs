@@ -102,14 +102,8 @@ pub fn upgrade(
     if req.method() != hyper::Method::GET {
         return error(405, "method_not_allowed", "the client API takes GET only");
     }
-    if let Some(origin) = header("origin") {
-        if !cors_origins.is_empty() && !cors_origins.iter().any(|o| o == "*" || o == origin) {
-            return error(
-                403,
-                "cors_forbidden",
-                "this origin may not open WebSockets here; add it to [server] cors_origins",
-            );
-        }
+    if let Err(reply) = super::client::check_origin(cors_origins, header("origin")) {
+        return reply;
     }
     let is_upgrade = header("connection")
         .is_some_and(|c| c.to_ascii_lowercase().contains("upgrade"))
