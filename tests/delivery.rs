@@ -253,6 +253,7 @@ fn sse_slow_reader(port: u16, path: &str) -> std::thread::JoinHandle<Vec<Frame>>
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("\r\ndate: "), "{head}");
     std::thread::spawn(move || {
         let mut frames = Vec::new();
         let mut text = String::new();

@@ -107,7 +107,7 @@ pub async fn serve_socket(
     tracing::debug!(method = "GET", path = %request.path, status = 200, "http request");
     // Frames are batched into chunks already; each goes out at once.
     let _ = socket.set_nodelay(true);
-    let mut head = String::from("HTTP/1.1 200 OK\r\n");
+    let mut head = format!("HTTP/1.1 200 OK\r\ndate: {}\r\n", http_date());
     for (name, value) in STREAM_HEADERS {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -163,6 +163,11 @@ pub async fn serve_socket(
     let _ = writer.shutdown().await;
 }
 
+/// The `date` header's value (RFC 9110 asks an origin server for one).
+fn http_date() -> String {
+    httpdate::fmt_http_date(std::time::SystemTime::now())
+}
+
 /// Completes when the client closes its side (or the connection fails);
 /// anything it sends meanwhile is read and ignored.
 async fn client_gone(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
@@ -212,9 +217,10 @@ async fn write_reply(socket: &mut TcpStream, path: &str, origin: Option<&str>, r
         Err(_) => Bytes::new(),
     };
     let mut head = format!(
-        "HTTP/1.1 {} {}\r\n",
+        "HTTP/1.1 {} {}\r\ndate: {}\r\n",
         status.as_u16(),
-        status.canonical_reason().unwrap_or("")
+        status.canonical_reason().unwrap_or(""),
+        http_date()
     );
     for (name, value) in &parts.headers {
         if let Ok(value) = value.to_str() {
