@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # How close walcast (decoding into Redis: mirror + stream) comes to the speed
 # at which Postgres itself sends the changes (pg_recvlogical with pgoutput,
-# writing to /dev/null), on the same WAL:
+# until it has written the last change to a file), on the same WAL:
 #   (a) 200,000 single-row transactions, (b) one 1,000,000-row transaction.
 # Prints, per workload: both elapsed times, their ratio (target <= 1.25),
 # changes/s, and walcast's CPU seconds and peak RSS.
@@ -67,27 +67,53 @@ until grep -q "streaming" "$WORK/walcast.log"; do sleep 0.2; done
 kill -INT "$WALCAST_PID"; wait "$WALCAST_PID" || true; WALCAST_PID=
 "${PSQL[@]}" -c "select pg_create_logical_replication_slot('bench_recv', 'pgoutput')" >/dev/null
 
+STREAMED=0 # events in walcast's stream before the workload
 measure() { # $1: workload name, $2: number of changes
-    local name=$1 changes=$2 end
+    local name=$1 changes=$2 marker
+    # Both readers stop at a logical message committed after the workload.
+    # (pg_recvlogical -E <lsn> is not a usable stop: seen here, it can exit
+    # on a keepalive about 10 s in, before any of a large transaction has
+    # arrived.)
+    marker="walcast-bench-end-$RANDOM$RANDOM"
+    "${PSQL[@]}" -c "select pg_logical_emit_message(true, 'walcast-bench', '$marker')" >/dev/null
+    local end
     end=$("${PSQL[@]}" -c "select pg_current_wal_lsn()")
-    # The floor: Postgres decoding and sending, read to /dev/null.
-    local t0 t1 recv_s walcast_s
+    # The floor: Postgres decoding and sending, written to a file as it
+    # arrives, until the marker is in it.
+    local t0 t1 recv_s walcast_s recv_pid
+    rm -f "$WORK/recv.out"
     t0=$(date +%s.%N)
     "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -S bench_recv --start \
-        -o proto_version=1 -o publication_names=walcast_bench -E "$end" -f /dev/null
+        -o proto_version=1 -o publication_names=walcast_bench -o messages=true -F 0 -f "$WORK/recv.out" 2>>"$WORK/recv.log" &
+    recv_pid=$!
+    until tail -c 300 "$WORK/recv.out" 2>/dev/null | grep -q "$marker"; do
+        kill -0 "$recv_pid" 2>/dev/null || { echo "pg_recvlogical ended before the marker" >&2; exit 1; }
+        sleep 0.02
+    done
     t1=$(date +%s.%N)
+    kill -INT "$recv_pid"; wait "$recv_pid" 2>/dev/null || true
     recv_s=$(echo "$t1 - $t0" | bc -l)
-    # walcast: until Redis's applied watermark reaches the same WAL end.
-    local target
-    target=$(python3 -c "h,l='$end'.split('/');print((int(h,16)<<32)+int(l,16))")
+    # Stopped by a signal, pg_recvlogical may not have confirmed all it
+    # read: move its slot past the marker, or the next workload's floor
+    # would include this one again.
+    until "${PSQL[@]}" -c "select pg_replication_slot_advance('bench_recv', '$end')" >/dev/null 2>&1; do
+        sleep 0.1
+    done
+    rm -f "$WORK/recv.out"
+    # walcast: from its start until the stream holds every change and the
+    # marker (the mirror is written by the same script calls).
+    local target=$((STREAMED + changes + 1))
+    STREAMED=$target
     local redis_cpu0 redis_cpu1
     redis_cpu0=$(redis-cli -p "$RPORT" info cpu | awk -F: '/^used_cpu_(sys|user):/ {t += $2} END {print t}')
     t0=$(date +%s.%N)
     "$WALCAST" --config "$WORK/walcast.toml" run >>"$WORK/walcast.log" 2>&1 &
     WALCAST_PID=$!
     while :; do
-        applied=$(redis-cli -p "$RPORT" hget "walcast:{bench}:applied" end_lsn)
-        [ -n "$applied" ] && [ "$applied" -ge "$target" ] && break
+        # entries-added: every entry ever added (the stream is trimmed).
+        streamed=$(redis-cli -p "$RPORT" xinfo stream "walcast:{bench}:events" 2>/dev/null |
+            awk 'prev == "entries-added" {print; exit} {prev = $0}')
+        [ -n "$streamed" ] && [ "$streamed" -ge "$target" ] && break
         sleep 0.02
     done
     t1=$(date +%s.%N)
@@ -99,7 +125,7 @@ measure() { # $1: workload name, $2: number of changes
     cpu=$(echo "(${stat[0]} + ${stat[1]}) / $(getconf CLK_TCK)" | bc -l)
     kill -INT "$WALCAST_PID"; wait "$WALCAST_PID" || true; WALCAST_PID=
     printf '%s: %d changes\n' "$name" "$changes"
-    printf '  pg_recvlogical to /dev/null: %.2f s (%.0f changes/s)\n' "$recv_s" "$(echo "$changes / $recv_s" | bc -l)"
+    printf '  pg_recvlogical to a file:    %.2f s (%.0f changes/s)\n' "$recv_s" "$(echo "$changes / $recv_s" | bc -l)"
     printf '  walcast into redis:          %.2f s (%.0f changes/s), cpu %.2f s, peak rss %d MiB\n' \
         "$walcast_s" "$(echo "$changes / $walcast_s" | bc -l)" "$cpu" "$((hwm / 1024))"
     printf '  redis-server cpu meanwhile:   %.2f s\n' "$(echo "$redis_cpu1 - $redis_cpu0" | bc -l)"
