@@ -8,7 +8,9 @@
 //! reconnect does not read them again). Resume with the `Last-Event-ID`
 //! header (an `EventSource` sends it by itself) or `last_event_id` in the
 //! query. Frames ready together go out as one chunk (one write for a
-//! backlog). The stream ends with a comment at shutdown, with an `error` when the
+//! backlog). A connection's first request is served by `serve_socket` on
+//! the bare socket (see `http::accept`); a later one on a kept-alive
+//! connection goes through warp as a response body. The stream ends with a comment at shutdown, with an `error` when the
 //! token expires, and with a `gap` (reason `lagged`) when the client falls
 //! too far behind.
 
@@ -188,6 +190,7 @@ async fn write_all(
     stall: Duration,
 ) -> std::io::Result<()> {
     let write = async {
+        // Drops leading empty slices (an empty `slices` is then done).
         IoSlice::advance_slices(&mut slices, 0);
         while !slices.is_empty() {
             let n = writer.write_vectored(slices).await?;
