@@ -793,14 +793,14 @@ fn without_redis_slow_clients_expiry_shutdown_and_a_thousand_subscribers() {
     let frames = slow_sse
         .join()
         .expect("the slow SSE client read to the end");
-    let (gap, changes) = frames.split_last().unwrap();
-    assert_eq!(gap.event.as_deref(), Some("gap"), "{gap:?}");
-    let gap: Value = serde_json::from_str(&gap.data).unwrap();
-    assert_eq!(gap["reason"], "lagged", "{gap}");
+    let (sse_gap, changes) = frames.split_last().unwrap();
+    assert_eq!(sse_gap.event.as_deref(), Some("gap"), "{sse_gap:?}");
+    let sse_gap: Value = serde_json::from_str(&sse_gap.data).unwrap();
+    assert_eq!(sse_gap["reason"], "lagged", "{sse_gap}");
     assert!(changes.len() < 2000, "the slow SSE client was cut off");
     assert!(changes.iter().all(|f| f.event.as_deref() == Some("change")));
     assert_eq!(
-        gap["last_event_id"].as_str(),
+        sse_gap["last_event_id"].as_str(),
         changes.last().and_then(|f| f.id.as_deref()),
         "resume from the last id it received"
     );
@@ -917,6 +917,38 @@ fn without_redis_slow_clients_expiry_shutdown_and_a_thousand_subscribers() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // The same rules on an event stream (walcast's own SSE writer).
+    let stream_head = |origin: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-D", "-", "-o", "/dev/null", "--max-time", "1"])
+            .args(["-H", &format!("Origin: {origin}")])
+            .arg(format!("{base}/v1/acme/events?access_token={op}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_lowercase()
+    };
+    let allowed = stream_head("http://app.example");
+    assert!(
+        allowed.starts_with("http/1.1 200")
+            && allowed.contains("access-control-allow-origin: http://app.example"),
+        "{allowed}"
+    );
+    let refused = stream_head("http://evil.example");
+    assert!(refused.starts_with("http/1.1 403"), "{refused}");
+    // A stream asked for on a kept-alive connection, after another request,
+    // is served through warp: the same stream.
+    let out = Command::new("curl")
+        .args(["-sv", "--max-time", "2"])
+        .arg(format!("{base}/healthz"))
+        .arg(format!("{base}/v1/acme/events?access_token={op}"))
+        .output()
+        .unwrap();
+    let (body, log) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(log.contains("Re-using existing connection"), "{log}");
+    assert!(body.contains("retry: 2000\n"), "{body}");
 
     // -- 1,000 concurrent subscribers, each receiving only its rows.
     let rt = tokio::runtime::Runtime::new().unwrap();
