@@ -27,6 +27,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
@@ -109,15 +110,9 @@ pub async fn serve_socket(
     tracing::debug!(method = "GET", path = %request.path, status = 200, "http request");
     // Frames are batched into chunks already; each goes out at once.
     let _ = socket.set_nodelay(true);
-    let mut head = format!("HTTP/1.1 200 OK\r\ndate: {}\r\n", http_date());
+    let mut head = response_head(StatusCode::OK, origin);
     for (name, value) in STREAM_HEADERS {
         head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("x-content-type-options: nosniff\r\n");
-    if let Some(origin) = origin {
-        head.push_str(&format!(
-            "access-control-allow-origin: {origin}\r\nvary: origin\r\n"
-        ));
     }
     let chunked = !request.http10;
     if chunked {
@@ -165,9 +160,22 @@ pub async fn serve_socket(
     let _ = writer.shutdown().await;
 }
 
-/// The `date` header's value (RFC 9110 asks an origin server for one).
-fn http_date() -> String {
-    httpdate::fmt_http_date(std::time::SystemTime::now())
+/// A response's status line and the headers every reply of this path
+/// carries: `date` (RFC 9110 asks an origin server for one), `nosniff` (as
+/// the warp routes add), and the CORS headers for an allowed origin.
+fn response_head(status: StatusCode, origin: Option<&str>) -> String {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\ndate: {}\r\nx-content-type-options: nosniff\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        httpdate::fmt_http_date(std::time::SystemTime::now())
+    );
+    if let Some(origin) = origin {
+        head.push_str(&format!(
+            "access-control-allow-origin: {origin}\r\nvary: origin\r\n"
+        ));
+    }
+    head
 }
 
 /// Completes when the client closes its side (or the connection fails);
@@ -219,22 +227,11 @@ async fn write_reply(socket: &mut TcpStream, path: &str, origin: Option<&str>, r
         Ok(body) => body.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\ndate: {}\r\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        http_date()
-    );
+    let mut head = response_head(status, origin);
     for (name, value) in &parts.headers {
         if let Ok(value) = value.to_str() {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
-    }
-    head.push_str("x-content-type-options: nosniff\r\n");
-    if let Some(origin) = origin {
-        head.push_str(&format!(
-            "access-control-allow-origin: {origin}\r\nvary: origin\r\n"
-        ));
     }
     head.push_str(&format!(
         "content-length: {}\r\nconnection: close\r\n\r\n",
