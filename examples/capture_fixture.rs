@@ -16,7 +16,6 @@ use std::io::Write;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use walcast::localdev::LocalPostgres;
 
 const DEFAULT_OUT: &str = "benches/fixtures/tasks_100k.pgoutput.gz";
 const TXNS: u32 = 500;
@@ -33,11 +32,8 @@ fn main() {
     let out = std::env::args()
         .nth(1)
         .unwrap_or_else(|| DEFAULT_OUT.into());
-    let pg = LocalPostgres::start().unwrap_or_else(|e| panic!("starting postgres: {e}"));
-    pg.psql("postgres", "create database platform")
-        .expect("create database");
-    pg.psql("platform", walcast::localdev::TASKS_TABLE_DDL)
-        .expect("schema");
+    let pg = walcast::localdev::start_tasks_database(Default::default())
+        .unwrap_or_else(|e| panic!("starting postgres with the tasks table: {e}"));
     pg.psql("platform", SETUP).expect("publication and slot");
 
     // psql runs each statement in its own transaction (autocommit).

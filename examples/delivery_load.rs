@@ -48,7 +48,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use walcast::localdev::{LocalPostgres, LocalRedis};
+use walcast::localdev::LocalRedis;
 
 const SECRET: &str = "delivery-bench-secret-that-is-long-enough";
 const TENANT: &str = "acme";
@@ -142,11 +142,8 @@ async fn run(args: Args) {
     println!("load average at start: {}", loadavg());
 
     // -- Postgres, Redis, config, walcast.
-    let pg = LocalPostgres::start().unwrap_or_else(|e| panic!("starting postgres: {e}"));
-    pg.psql("postgres", "create database platform")
-        .expect("create database");
-    pg.psql("platform", walcast::localdev::TASKS_TABLE_DDL)
-        .expect("schema");
+    let pg = walcast::localdev::start_tasks_database(Default::default())
+        .unwrap_or_else(|e| panic!("starting postgres with the tasks table: {e}"));
     let redis = LocalRedis::start().unwrap_or_else(|e| panic!("starting redis: {e}"));
     let port = walcast::localdev::free_port().expect("free port");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

@@ -13,8 +13,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use walcast::localdev::LocalPostgres;
-
 fn main() {
     let mut args = std::env::args().skip(1);
     let bin = args
@@ -25,11 +23,8 @@ fn main() {
         .map(|n| n.parse().expect("ROWS must be a number"))
         .unwrap_or(2_000_000);
 
-    let pg = LocalPostgres::start().unwrap_or_else(|e| panic!("starting postgres: {e}"));
-    pg.psql("postgres", "create database platform")
-        .expect("create database");
-    pg.psql("platform", walcast::localdev::TASKS_TABLE_DDL)
-        .expect("schema");
+    let pg = walcast::localdev::start_tasks_database(Default::default())
+        .unwrap_or_else(|e| panic!("starting postgres with the tasks table: {e}"));
     let dir = std::env::temp_dir().join(format!("walcast-large-txn-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("walcast.toml");

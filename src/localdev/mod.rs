@@ -118,6 +118,15 @@ impl LocalError {
     }
 }
 
+/// A throwaway cluster with a `platform` database that holds the tasks
+/// table: what the tests, examples and benchmarks start from.
+pub fn start_tasks_database(options: PostgresOptions) -> Result<LocalPostgres, LocalError> {
+    let pg = LocalPostgres::start_with(options)?;
+    pg.psql("postgres", "create database platform")?;
+    pg.psql("platform", TASKS_TABLE_DDL)?;
+    Ok(pg)
+}
+
 /// The tasks table the tests, examples and benchmarks share (bigint id, text
 /// status, float progress, jsonb payload, text[] tags, timestamptz, uuid).
 pub const TASKS_TABLE_DDL: &str = "

@@ -31,12 +31,8 @@ impl TenantDb {
     }
 
     pub fn start_with(options: PostgresOptions) -> TenantDb {
-        let pg =
-            LocalPostgres::start_with(options).unwrap_or_else(|e| panic!("starting postgres: {e}"));
-        pg.psql("postgres", "create database platform")
-            .expect("create database");
-        pg.psql("platform", walcast::localdev::TASKS_TABLE_DDL)
-            .expect("create the tasks table");
+        let pg = walcast::localdev::start_tasks_database(options)
+            .unwrap_or_else(|e| panic!("starting postgres with the tasks table: {e}"));
         pg.psql("platform", ENVIRONMENTS_DDL)
             .expect("create the environments table");
         TenantDb { pg }
