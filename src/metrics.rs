@@ -34,6 +34,9 @@ pub const SNAPSHOT_ROWS_TOTAL: &str = "walcast_snapshot_rows";
 pub const REDIS_WRITE_SECONDS: &str = "walcast_redis_write_seconds";
 /// Failed Redis writes (each is retried).
 pub const REDIS_WRITE_ERRORS: &str = "walcast_redis_write_errors_total";
+/// New rows written to the mirror as plain commands rather than through the
+/// Lua script (0 while Redis refuses the CLIENT commands the fence needs).
+pub const REDIS_PLAIN_ROWS: &str = "walcast_redis_plain_rows_total";
 /// Label key: the transport of a subscriber (`sse`, `ws`).
 pub const TRANSPORT: &str = "transport";
 /// Label key: why a request was refused (the error code).
@@ -119,5 +122,9 @@ pub fn describe() {
     metrics::describe_counter!(
         REDIS_WRITE_ERRORS,
         "Failed Redis batch writes (each is retried)."
+    );
+    metrics::describe_counter!(
+        REDIS_PLAIN_ROWS,
+        "New rows written to the Redis mirror as plain commands (the fast path)."
     );
 }

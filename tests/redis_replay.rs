@@ -11,11 +11,16 @@ use walcast::config::{parse, TenantConfig};
 use walcast::model::{ChangeBody, ChangeEvent, Datum, EventId, Lsn, Op, RowImage, TableName};
 use walcast::sink::{EventSink, RedisSink};
 
-fn event(lsn: u64, index: u32, id: i64, status: &str) -> ChangeEvent {
-    let row = RowImage(vec![
-        ("id".into(), Datum::Int(id)),
-        ("status".into(), Datum::Text(status.into())),
-    ]);
+/// A change of the row `id` of `public.jobs` (`status`: its new status;
+/// None for a delete).
+fn row_change(lsn: u64, index: u32, op: Op, id: i64, status: Option<&str>) -> ChangeEvent {
+    let key = RowImage(vec![("id".into(), Datum::Int(id))]);
+    let row = status.map(|status| {
+        RowImage(vec![
+            ("id".into(), Datum::Int(id)),
+            ("status".into(), Datum::Text(status.into())),
+        ])
+    });
     ChangeEvent::new(
         EventId {
             commit_lsn: Lsn(lsn),
@@ -24,15 +29,19 @@ fn event(lsn: u64, index: u32, id: i64, status: &str) -> ChangeEvent {
         Arc::from("acme"),
         Some(1),
         Some(0),
-        Op::Insert,
+        op,
         ChangeBody::Row {
             table: TableName::new("public", "jobs"),
-            key: Some(RowImage(vec![("id".into(), Datum::Int(id))])),
-            new: Some(row),
-            old: None,
+            key: Some(key.clone()),
+            old: row.is_none().then_some(key),
+            new: row,
             unchanged: vec![],
         },
     )
+}
+
+fn event(lsn: u64, index: u32, id: i64, status: &str) -> ChangeEvent {
+    row_change(lsn, index, Op::Insert, id, Some(status))
 }
 
 #[test]
@@ -105,9 +114,12 @@ fn replayed_batches_are_written_once() {
 }
 
 fn sink_for(redis: &LocalRedis, extra: &str) -> (RedisSink, tokio::runtime::Runtime) {
+    sink_at(&redis.url(), extra)
+}
+
+fn sink_at(url: &str, extra: &str) -> (RedisSink, tokio::runtime::Runtime) {
     let text = format!(
-        "[redis]\nurl = \"{}\"\n{extra}\n[[tenants]]\nid = \"acme\"\nurl = \"postgres://u@localhost/db\"\ntables = [\"jobs\"]\n",
-        redis.url()
+        "[redis]\nurl = \"{url}\"\n{extra}\n[[tenants]]\nid = \"acme\"\nurl = \"postgres://u@localhost/db\"\ntables = [\"jobs\"]\n",
     );
     let config =
         parse(std::path::Path::new("t.toml"), &text, &|_| None).unwrap_or_else(|e| panic!("{e}"));
@@ -345,4 +357,175 @@ fn durable_callback_reports_batches_in_order_once_in_redis() {
         before,
         "nothing refused is reported"
     );
+}
+
+/// One transaction that touches the same rows several times, so that its
+/// new rows go through the script, next to rows that go as plain commands.
+fn mixed_transaction(lsn: u64) -> Vec<ChangeEvent> {
+    vec![
+        event(lsn, 0, 1, "queued"),
+        row_change(lsn, 1, Op::Update, 1, Some("running")),
+        event(lsn, 2, 2, "queued"),
+        row_change(lsn, 3, Op::Delete, 2, None),
+        event(lsn, 4, 3, "queued"),
+        event(lsn, 5, 4, "running"),
+    ]
+}
+
+/// Writes `mixed_transaction` and commits it.
+fn write_mixed(sink: &RedisSink, rt: &tokio::runtime::Runtime) {
+    rt.block_on(async {
+        sink.write(&mixed_transaction(100)).await.unwrap();
+        sink.commit(Some(Lsn(150))).await.unwrap();
+    });
+}
+
+/// Redis after `mixed_transaction`: its six events once each, and rows 1
+/// (running), 3 and 4, indexed.
+fn assert_mixed_written(con: &mut redis::Connection) {
+    assert_eq!(stream_events(con, "acme").len(), 6);
+    let row = |con: &mut redis::Connection, id: i64| -> Option<String> {
+        redis::cmd("HGET")
+            .arg(format!("walcast:{{acme}}:row:public.jobs:{id}"))
+            .arg("status")
+            .query(con)
+            .unwrap()
+    };
+    assert_eq!(row(con, 1).as_deref(), Some("\"running\""));
+    assert_eq!(row(con, 2), None, "inserted and deleted in one transaction");
+    assert_eq!(row(con, 3).as_deref(), Some("\"queued\""));
+    assert_eq!(row(con, 4).as_deref(), Some("\"running\""));
+    let members = |con: &mut redis::Connection, status: &str| -> Vec<String> {
+        let mut m: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!(
+                "walcast:{{acme}}:idx:public.jobs:status:\"{status}\""
+            ))
+            .query(con)
+            .unwrap();
+        m.sort();
+        m
+    };
+    assert_eq!(members(con, "queued"), ["walcast:{acme}:row:public.jobs:3"]);
+    assert_eq!(
+        members(con, "running"),
+        [
+            "walcast:{acme}:row:public.jobs:1",
+            "walcast:{acme}:row:public.jobs:4"
+        ]
+    );
+    let rowindex: i64 = redis::cmd("HLEN")
+        .arg("walcast:{acme}:rowindex:public.jobs")
+        .query(con)
+        .unwrap();
+    assert_eq!(rowindex, 3);
+}
+
+/// The names of the connections Redis has open.
+fn client_names(con: &mut redis::Connection) -> Vec<String> {
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(con).unwrap();
+    list.lines()
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("name=")))
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A command that an earlier writer sent but Redis had not run yet cannot
+/// run once a new writer started: the new writer closes the old
+/// connection before it reads the watermark. Here the earlier writer is a
+/// connection of the writer's name holding an open MULTI.
+#[test]
+fn a_new_writer_fences_off_an_earlier_writers_connection() {
+    let redis = LocalRedis::start().expect("redis");
+    let (sink, rt) = sink_for(
+        &redis,
+        "[[mirror]]\ntable = \"jobs\"\nindex = [\"status\"]\n",
+    );
+    let mut stale = redis_conn(&redis);
+    let _: () = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("walcast-writer:walcast:{acme}:events")
+        .query(&mut stale)
+        .unwrap();
+    let _: () = redis::cmd("MULTI").query(&mut stale).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("walcast:{acme}:stale")
+        .arg("1")
+        .query(&mut stale)
+        .unwrap();
+    write_mixed(&sink, &rt);
+    let exec: redis::RedisResult<redis::Value> = redis::cmd("EXEC").query(&mut stale);
+    assert!(exec.is_err(), "the earlier writer's EXEC ran: {exec:?}");
+    let mut con = redis_conn(&redis);
+    let stale_written: bool = redis::cmd("EXISTS")
+        .arg("walcast:{acme}:stale")
+        .query(&mut con)
+        .unwrap();
+    assert!(!stale_written);
+    assert_eq!(
+        client_names(&mut con),
+        ["walcast-writer:walcast:{acme}:events"],
+        "the new writer's connection is named, the old one is gone"
+    );
+    assert_mixed_written(&mut con);
+}
+
+/// A Redis user that may not use CLIENT (no fence): every row goes through
+/// the script, and the result is the same.
+#[test]
+fn without_client_commands_every_row_goes_through_the_script() {
+    let redis = LocalRedis::start().expect("redis");
+    let mut con = redis_conn(&redis);
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("nofence")
+        .arg("on")
+        .arg(">secret")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-client")
+        .query(&mut con)
+        .unwrap();
+    let url = format!("redis://nofence:secret@127.0.0.1:{}/", redis.port());
+    let (sink, rt) = sink_at(&url, "[[mirror]]\ntable = \"jobs\"\nindex = [\"status\"]\n");
+    write_mixed(&sink, &rt);
+    // Replayed whole (a restart before the slot was confirmed).
+    rt.block_on(sink.reset()).unwrap();
+    write_mixed(&sink, &rt);
+    assert!(
+        client_names(&mut con).is_empty(),
+        "the writer could not name its connection"
+    );
+    assert_mixed_written(&mut con);
+}
+
+/// The stream deleted (or evicted) while the epoch marker stays: the batch
+/// fails as a lost tenant (a re-snapshot and a gap follow) instead of its
+/// events going nowhere, and the stream is not recreated half-empty.
+#[test]
+fn a_vanished_stream_is_a_lost_tenant() {
+    let redis = LocalRedis::start().expect("redis");
+    let (sink, rt) = sink_for(&redis, "[[mirror]]\ntable = \"jobs\"\n");
+    let mut con = redis_conn(&redis);
+    let exists = |con: &mut redis::Connection| -> bool {
+        redis::cmd("EXISTS")
+            .arg("walcast:{acme}:events")
+            .query(con)
+            .unwrap()
+    };
+    assert!(exists(&mut con), "the snapshot's end creates the stream");
+    let _: () = redis::cmd("DEL")
+        .arg("walcast:{acme}:events")
+        .query(&mut con)
+        .unwrap();
+    let result = rt.block_on(async {
+        sink.write(&[event(100, 0, 1, "queued")]).await?;
+        sink.commit(Some(Lsn(150))).await
+    });
+    assert!(
+        matches!(result, Err(walcast::sink::SinkError::Lost)),
+        "{result:?}"
+    );
+    assert!(!exists(&mut con));
 }

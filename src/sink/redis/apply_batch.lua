@@ -1,23 +1,27 @@
 -- walcast: apply one batch of a tenant's events to Redis atomically.
 -- Every key is in the tenant's hash slot (<prefix>:{tenant}:...).
 --
+-- The writer sends this script first in a MULTI/EXEC; the same transaction
+-- then carries, as plain commands, each event's XADD (NOMKSTREAM) and the
+-- writes of new rows that no other entry of the batch touches (see
+-- src/sink/redis/mod.rs). Everything that reads before it writes is here.
+--
 -- KEYS[1] applied watermark hash   KEYS[2] event stream
 -- KEYS[3] epoch marker             KEYS[4] stream commit-time index (zset)
 -- ARGV[1] expected epoch ("" = do not check)
 -- ARGV[2] end LSN of the transaction this batch completes ("" = none)
 -- ARGV[3] stream MAXLEN ("" = none)
--- ARGV[4] trim entries committed before this unix time ("" = none; when
---         set, every entry carries its commit time)
--- ARGV[5] order guard: `applied.last_id` must be at least this ("" = none).
---         A batch sent before the previous one answered names the last
---         event of the batches before it; if they are not all in, nothing
---         is written (WALCAST_ORDER) and the writer sends it again in turn.
--- ARGV[6] number of tables, then per table (numbered from 1 in this order):
+-- ARGV[4] trim entries committed before this unix time ("" = none)
+-- ARGV[5] order guard: `applied.last_id` must be at least this ("" = none):
+--         the last event of the batch sent before this one. If it is not
+--         in, nothing here is written (WALCAST_ORDER).
+-- ARGV[6] sortable id of the newest event of the batch ("" = none), and
+-- ARGV[7] its stream id: the new watermark
+-- ARGV[8] number of tables, then per table (numbered from 1 in this order):
 --   row-index hash (row key -> its index sets, "\n"-separated), index-set
 --   registry (set), row format (h: hash, j: JSON string)
 -- then entries to the end of ARGV, each:
---   sortable id ("" = a snapshot row: no guard, no stream entry), stream id,
---   event JSON, [commit unix time, only with ARGV[4]], op count, ops...
+--   sortable id ("" = a snapshot row: no guard), stream id, op count, ops...
 -- Ops (t: table number, key: the row's full key):
 --   N t key n_idx idx... payload   a hot row that cannot exist yet (an
 --                                  INSERT by the replica identity, a
@@ -43,13 +47,13 @@ local last = redis.call('HGET', KEYS[1], 'last_id') or ''
 if ARGV[5] ~= '' and last < ARGV[5] then
   return redis.error_reply('WALCAST_ORDER the batches before this one are not applied yet')
 end
-local timed = ARGV[4] ~= ''
-local last_event = nil
+local newest, newest_id = ARGV[6], ARGV[7]
+local advances = newest ~= '' and newest > last
 local applied = 0
 
 local tables = {}
-local i = 7
-for t = 1, tonumber(ARGV[6]) do
+local i = 9
+for t = 1, tonumber(ARGV[8]) do
   -- meta: row key -> its index sets as written at the end ("" none), or
   -- false for a row that is gone; absent: ask the row-index hash.
   tables[t] = { rowindex = ARGV[i], idxsets = ARGV[i + 1], format = ARGV[i + 2], meta = {} }
@@ -125,14 +129,9 @@ end
 
 local n_args = #ARGV
 while i <= n_args do
-  local sortable, stream_id, json = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local commit_time = nil
-  if timed then
-    commit_time = ARGV[i + 3]
-    i = i + 1
-  end
-  local nops = tonumber(ARGV[i + 3])
-  i = i + 4
+  local sortable, stream_id = ARGV[i], ARGV[i + 1]
+  local nops = tonumber(ARGV[i + 2])
+  i = i + 3
   local fresh = sortable == '' or sortable > last
   local event_id = stream_id
   if sortable == '' then event_id = 'snapshot' end
@@ -203,27 +202,23 @@ while i <= n_args do
     end
   end
   if fresh and sortable ~= '' then
-    redis.call('XADD', KEYS[2], stream_id, 'event', json)
-    last = sortable
-    last_event = stream_id
     applied = applied + 1
-    if timed then
-      redis.call('ZADD', KEYS[4], 'NX', commit_time, stream_id)
-    end
   end
 end
 flush_pending()
 
-if ARGV[3] ~= '' and applied > 0 then
+-- Trimmed before this batch's XADDs, which follow in the transaction:
+-- MAXLEN is approximate (~) anyway.
+if ARGV[3] ~= '' and advances then
   redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[3])
 end
-if last_event then
-  redis.call('HSET', KEYS[1], 'last_id', last, 'event_id', last_event)
+if advances then
+  redis.call('HSET', KEYS[1], 'last_id', newest, 'event_id', newest_id)
 end
 if ARGV[2] ~= '' then
   redis.call('HSET', KEYS[1], 'end_lsn', ARGV[2])
 end
-if timed then
+if ARGV[4] ~= '' then
   -- Age-based retention: drop stream entries committed before the cut-off.
   local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[4])
   if #old > 0 then

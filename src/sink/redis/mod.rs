@@ -1,39 +1,45 @@
 //! The Redis sink: the hot-row mirror, the per-tenant event stream and the
-//! applied watermark, written together by one Lua script per batch so that a
-//! batch is in Redis whole or not at all.
+//! applied watermark, written together by one MULTI/EXEC transaction per
+//! batch so that a batch is in Redis whole or not at all.
 //!
-//! Exactly once: every entry carries its event id; the script skips an entry
-//! whose id is not above the watermark (a replay after a crash), so Postgres's
-//! at-least-once delivery becomes exactly-once in the stream and mirror. A
-//! transaction is confirmed to Postgres only after the script that completes
-//! it succeeded. Redis unreachable: the batch is retried until Redis is back;
-//! replication waits meanwhile (the replication client keeps the walsender
-//! alive). Redis that lost the tenant's data (no epoch marker) fails the batch
-//! with `SinkError::Lost`: the tenant reconnects and re-snapshots.
+//! A transaction is apply_batch.lua first (the epoch and order guards, every
+//! row write that reads before it writes, the watermark), then plain
+//! commands: each event's XADD, and the writes of new rows that nothing else
+//! in the batch touches. Plain commands cost Redis about half of what the
+//! same writes cost through Lua (docs/benchmarks.md).
 //!
-//! In order, overlapped: one writer task per sink encodes the batches and
-//! sends them on the multiplexed connection in submission order, up to
-//! `WINDOW` before the oldest has answered, so Redis runs one batch while the
-//! next is encoded and on its way. Redis runs a connection's commands in the
-//! order they arrive; in case they do not arrive in order (a reconnect, a
-//! retry) each batch names the last event of the batches sent before it and
-//! the script refuses it, writing nothing, unless those are in. The writer
-//! then sends it again after them. Results are taken strictly in order: a
-//! batch counts (and is reported durable) only after every batch before it.
+//! Exactly once: every event carries its event id. The stream refuses an
+//! XADD whose id is not above its last one, and the script skips an entry
+//! whose id is not above the watermark (a replay after a crash). The writer
+//! reads the watermark when it opens its connection and leaves out what is
+//! in already, so the plain row writes are never replays. That reading stays
+//! true because the writer first closes every other writer connection of
+//! its tenant (`CLIENT KILL`): a command an earlier process sent cannot run
+//! after it. Where Redis refuses the CLIENT commands, every row goes through
+//! the script. A transaction is confirmed to Postgres only after it
+//! succeeded. Redis unreachable: the batch is retried on a new connection
+//! until Redis is back; replication waits meanwhile (the replication client
+//! keeps the walsender alive). Redis that lost the tenant's data (no epoch
+//! marker, or no stream: XADD is NOMKSTREAM) fails the batch with
+//! `SinkError::Lost`: the tenant reconnects and re-snapshots, which also
+//! clears what such a batch's plain commands wrote.
+//!
+//! In order: the plain commands of a transaction run even when its script
+//! refuses, so one batch must never overtake another. The writer task
+//! therefore sends a batch only after the one before it was answered as
+//! written, on a connection of its own, and encodes the next batch while
+//! Redis runs the current one.
 
 mod keys;
 
 pub use keys::{row_key, row_key_of, Keys};
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
 use std::io::Write as _;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{Cmd, RedisResult, Script, Value};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -47,9 +53,16 @@ use crate::model::{
 /// Events per script call: bounds the script's run time and memory; a larger
 /// transaction goes in several calls, each guarded by event id.
 pub const BATCH_EVENTS: usize = 500;
-/// Batches sent before the oldest one answered. Two keep Redis busy while the
-/// next is encoded and sent; a third absorbs jitter between the two sides.
+/// Batches handed to the writer task and not yet answered: the one Redis
+/// runs, the next (encoded meanwhile), and one waiting.
 const WINDOW: usize = 3;
+/// Creates an empty stream (a consumer group made with MKSTREAM, then
+/// dropped) unless there is one.
+const CREATE_STREAM: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then \
+    redis.call('XGROUP', 'CREATE', KEYS[1], 'walcast-init', '$', 'MKSTREAM') \
+    redis.call('XGROUP', 'DESTROY', KEYS[1], 'walcast-init') end";
+/// The script's text, sent whole inside transactions (`EVAL`).
+const SCRIPT_SOURCE: &str = include_str!("apply_batch.lua");
 /// The longest wait between retries while Redis is unreachable.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -57,9 +70,18 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// `RedisSink::set_on_durable`).
 pub type OnDurable = Arc<dyn Fn(&[ChangeEvent]) + Send + Sync>;
 
+/// A client for the configured URL whose TCP connections send at once
+/// (TCP_NODELAY; redis-rs leaves Nagle's algorithm on, which holds a small
+/// request back while earlier bytes are unacknowledged).
+pub fn client(config: &RedisConfig) -> RedisResult<redis::Client> {
+    let info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())?;
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    redis::Client::open(info.set_tcp_settings(tcp))
+}
+
 /// Connects to Redis (with the configured timeouts) and checks it answers.
 pub async fn connect(config: &RedisConfig) -> Result<ConnectionManager, SinkError> {
-    let client = redis::Client::open(config.url.as_str()).map_err(SinkError::Connect)?;
+    let client = client(config).map_err(SinkError::Connect)?;
     let manager_config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.command_timeout))
@@ -92,8 +114,8 @@ struct TablePlan {
     idxsets: String,
 }
 
-/// Turns batches into script calls (`EVALSHA` with the arguments laid out as
-/// apply_batch.lua reads them) and sends them.
+/// Turns batches into transactions (the script call, laid out as
+/// apply_batch.lua reads it, then plain commands) and sends them.
 struct Encoder {
     tenant: TenantId,
     keys: Keys,
@@ -121,21 +143,92 @@ enum RowOp<'a> {
     },
 }
 
+impl RowOp<'_> {
+    fn key(&self) -> Option<&str> {
+        match self {
+            RowOp::Put { key, .. } | RowOp::Delete { key, .. } => Some(key),
+            RowOp::Truncate { .. } => None,
+        }
+    }
+}
+
 /// The script's arguments being written.
 struct Call<'a> {
     cmd: Cmd,
     tables: Vec<&'a TablePlan>,
     /// Reused for values that are built before they are written.
     scratch: Vec<u8>,
-    timed: bool,
-    /// The sortable id of the newest event in the call.
+}
+
+/// What one reply of a batch's `EXEC` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// The script: guards, row clean-ups, the watermark.
+    Script,
+    /// An event's `XADD … NOMKSTREAM`.
+    Xadd,
+    /// A plain write of new rows, their index sets or commit times.
+    Write,
+}
+
+/// One batch as a transaction: `MULTI`, the script, plain commands (the
+/// body); `EXEC` follows on its own.
+struct Batch {
+    pipe: redis::Pipeline,
+    replies: Vec<Reply>,
+    /// The newest event written (the next batch's order guard).
     newest: Option<EventId>,
+    /// New rows went as plain commands.
+    plain_rows: usize,
+}
+
+/// The plain writes of new rows of one table, collected over a batch so
+/// that each set and the row-index hash get one command.
+#[derive(Default)]
+struct NewRows {
+    /// Row-index entries: row key, its index sets ("\n"-separated).
+    rowindex: Vec<(String, Vec<u8>)>,
+    /// Index set -> the rows that join it.
+    members: Vec<(Vec<u8>, Vec<String>)>,
 }
 
 impl Encoder {
-    /// Starts a call: keys, header, the tables it touches.
+    fn new(tenant: &TenantConfig, config: &RedisConfig) -> Encoder {
+        let keys = Keys::new(&config.key_prefix, &tenant.id);
+        let tables = tenant
+            .mirror
+            .iter()
+            .map(|rule| {
+                let table = &rule.table;
+                let plan = TablePlan {
+                    rule: rule.clone(),
+                    row_prefix: keys.row_prefix(table),
+                    index: rule
+                        .index
+                        .iter()
+                        .map(|c| (c.clone(), keys.index_prefix(table, c)))
+                        .collect(),
+                    rowindex: keys.rowindex(table),
+                    idxsets: keys.index_sets(table),
+                };
+                (table.clone(), plan)
+            })
+            .collect();
+        Encoder {
+            tenant: tenant.id.clone(),
+            keys,
+            config: config.clone(),
+            tables,
+            script: Script::new(SCRIPT_SOURCE),
+        }
+    }
+
+    /// Starts a script call: keys, header, the tables it touches.
     /// `capacity`: about how many arguments and bytes the call will hold (a
     /// command that grows as it is written is copied each time it does).
+    /// `eval`: the script's text (inside a transaction, where `NOSCRIPT`
+    /// would not stop the commands after it) rather than its hash.
+    #[allow(clippy::too_many_arguments)]
     fn begin<'a>(
         &'a self,
         capacity: (usize, usize),
@@ -143,15 +236,20 @@ impl Encoder {
         end_lsn: Option<Lsn>,
         epoch: &str,
         after: Option<EventId>,
+        newest: Option<EventId>,
+        eval: bool,
     ) -> Call<'a> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
         let mut cmd = Cmd::with_capacity(capacity.0, capacity.1);
-        cmd.arg("EVALSHA")
-            .arg(self.script.get_hash())
-            .arg(4)
+        if eval {
+            cmd.arg("EVAL").arg(SCRIPT_SOURCE);
+        } else {
+            cmd.arg("EVALSHA").arg(self.script.get_hash());
+        }
+        cmd.arg(4)
             .arg(self.keys.applied())
             .arg(self.keys.events())
             .arg(self.keys.epoch())
@@ -171,6 +269,8 @@ impl Encoder {
                     .unwrap_or_default(),
             )
             .arg(after.map(sortable_id).unwrap_or_default())
+            .arg(newest.map(sortable_id).unwrap_or_default())
+            .arg(newest.map(|id| id.to_string()).unwrap_or_default())
             .arg(tables.len());
         for plan in &tables {
             cmd.arg(&plan.rowindex)
@@ -184,13 +284,14 @@ impl Encoder {
             cmd,
             tables,
             scratch: Vec::with_capacity(256),
-            timed: self.config.stream_max_age.is_some(),
-            newest: None,
         }
     }
 
     /// The mirrored tables these events touch, each once.
-    fn tables_of<'a>(&'a self, events: &[ChangeEvent]) -> Vec<&'a TablePlan> {
+    fn tables_of<'a, 'e>(
+        &'a self,
+        events: impl IntoIterator<Item = &'e ChangeEvent>,
+    ) -> Vec<&'a TablePlan> {
         let mut tables: Vec<&TablePlan> = Vec::new();
         for event in events {
             if let Some(plan) = event.table().and_then(|t| self.tables.get(t)) {
@@ -202,23 +303,225 @@ impl Encoder {
         tables
     }
 
-    /// The script call that writes `events` (`after`: the newest event sent
-    /// before them in this session, for the order guard).
-    fn events_call(
+    /// The transaction that writes `events` (those after `applied` only:
+    /// the ones at or before it are in Redis already). `after`: the newest
+    /// event sent before them in this session, for the order guard.
+    /// `plain_rows`: new rows that no other entry of the batch touches may
+    /// be written with plain commands (only when no earlier writer's
+    /// command can still run: see `open_session`).
+    fn batch(
         &self,
         events: &[ChangeEvent],
         end_lsn: Option<Lsn>,
         epoch: &str,
         after: Option<EventId>,
-    ) -> (Cmd, Option<EventId>) {
-        // An event's JSON, and as much again for its row when mirrored.
-        let bytes: usize = events.iter().map(|e| 2 * e.encoded().len() + 128).sum();
-        let capacity = (32 * events.len() + 32, bytes + 1024);
-        let mut call = self.begin(capacity, self.tables_of(events), end_lsn, epoch, after);
-        for event in events {
-            self.push_event(&mut call, event);
+        applied: Option<EventId>,
+        plain_rows: bool,
+    ) -> Batch {
+        let events: Vec<&ChangeEvent> = events
+            .iter()
+            .filter(|e| applied.is_none_or(|a| e.id > a))
+            .collect();
+        let tables = self.tables_of(events.iter().copied());
+        let ops: Vec<Vec<RowOp<'_>>> = events.iter().map(|e| self.ops_of(&tables, e)).collect();
+        // A new row goes plain only when nothing else in the batch touches
+        // its key or its table's rows as a whole: then the order between
+        // the script's writes and the plain ones does not matter.
+        let is_new_row = |op: &RowOp<'_>| {
+            matches!(
+                op,
+                RowOp::Put {
+                    new_row: true,
+                    hot: true,
+                    ..
+                }
+            )
+        };
+        // Only new rows (a bulk load): two of them can share a key only
+        // when the table has no key of its own (REPLICA IDENTITY FULL), and
+        // then writing both is what the script would do too.
+        let only_new_rows = ops.iter().flatten().all(is_new_row);
+        let mut touched: HashMap<&str, u32> = HashMap::new();
+        let mut truncated = vec![false; tables.len() + 1];
+        if plain_rows && !only_new_rows {
+            for op in ops.iter().flatten() {
+                match op {
+                    RowOp::Truncate { table } => truncated[*table] = true,
+                    _ => {
+                        if let Some(key) = op.key() {
+                            *touched.entry(key).or_default() += 1;
+                        }
+                    }
+                }
+            }
         }
-        (call.cmd, call.newest)
+        let goes_plain = |op: &RowOp<'_>| match op {
+            RowOp::Put {
+                table,
+                key,
+                new_row: true,
+                hot: true,
+                ..
+            } => {
+                plain_rows
+                    && (only_new_rows
+                        || (!truncated[*table] && touched.get(key.as_str()) == Some(&1)))
+            }
+            _ => false,
+        };
+
+        let newest = events.last().map(|e| e.id);
+        let script_bytes: usize = ops.iter().flatten().filter(|op| !goes_plain(op)).count() * 512;
+        let mut call = self.begin(
+            (32 * events.len() + 32, script_bytes + 1024),
+            tables,
+            end_lsn,
+            epoch,
+            after,
+            newest,
+            true,
+        );
+        let mut plain: Vec<Cmd> = Vec::new();
+        let mut replies = vec![Reply::Script];
+        let mut new_rows: Vec<NewRows> = (0..=call.tables.len())
+            .map(|_| NewRows::default())
+            .collect();
+        let mut plain_count = 0;
+        let mut times = self.config.stream_max_age.map(|_| {
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(self.keys.stream_times()).arg("NX");
+            zadd
+        });
+        let stream = self.keys.events();
+        let mut id_buf: Vec<u8> = Vec::with_capacity(32);
+        for (event, ops) in events.iter().zip(&ops) {
+            let scripted: Vec<&RowOp<'_>> = ops.iter().filter(|op| !goes_plain(op)).collect();
+            if !scripted.is_empty() {
+                call.scratch.clear();
+                write_sortable(&mut call.scratch, event.id);
+                call.cmd.arg(&call.scratch[..]);
+                call.scratch.clear();
+                // Writing into a Vec cannot fail.
+                let _ = write!(call.scratch, "{}", event.id);
+                call.cmd.arg(&call.scratch[..]);
+                self.push_ops(&mut call, &scripted, Some(event.id));
+            }
+            id_buf.clear();
+            // Writing into a Vec cannot fail.
+            let _ = write!(id_buf, "{}", event.id);
+            let id = &id_buf[..];
+            for op in ops.iter().filter(|op| goes_plain(op)) {
+                plain_count += 1;
+                let RowOp::Put {
+                    table, key, row, ..
+                } = op
+                else {
+                    continue;
+                };
+                let plan = call.tables[*table - 1];
+                let write = match plan.rule.format {
+                    MirrorFormat::Hash => {
+                        let mut hset = Cmd::with_capacity(4 + 2 * row.0.len(), 512);
+                        hset.arg("HSET").arg(key).arg("_event_id").arg(id);
+                        for (column, value) in &row.0 {
+                            call.scratch.clear();
+                            write_datum_json(&mut call.scratch, value);
+                            hset.arg(column.as_bytes()).arg(&call.scratch[..]);
+                        }
+                        hset
+                    }
+                    MirrorFormat::Json => {
+                        let mut set = redis::cmd("SET");
+                        let id = String::from_utf8_lossy(id);
+                        set.arg(key).arg(row_json(row, &[("_event_id", &id)]));
+                        set
+                    }
+                };
+                plain.push(write);
+                replies.push(Reply::Write);
+                let rows = &mut new_rows[*table];
+                let mut sets: Vec<u8> = Vec::new();
+                for (column, prefix) in &plan.index {
+                    let Some(value) = row.get(column) else {
+                        continue;
+                    };
+                    if !sets.is_empty() {
+                        sets.push(b'\n');
+                    }
+                    let start = sets.len();
+                    sets.extend_from_slice(prefix.as_bytes());
+                    write_datum_json(&mut sets, value);
+                    let set = &sets[start..];
+                    match rows.members.iter_mut().find(|(s, _)| s == set) {
+                        Some((_, members)) => members.push(key.clone()),
+                        None => rows.members.push((set.to_vec(), vec![key.clone()])),
+                    }
+                }
+                rows.rowindex.push((key.clone(), sets));
+            }
+            let mut xadd = Cmd::with_capacity(6, event.encoded().len() + 128);
+            xadd.arg("XADD").arg(&stream);
+            if !epoch.is_empty() {
+                xadd.arg("NOMKSTREAM");
+            }
+            xadd.arg(id).arg("event").arg(&event.encoded()[..]);
+            plain.push(xadd);
+            replies.push(Reply::Xadd);
+            if let Some(zadd) = times.as_mut() {
+                zadd.arg(
+                    event
+                        .commit_ts_micros
+                        .map(|m| m / 1_000_000 + 946_684_800)
+                        .unwrap_or_default(),
+                )
+                .arg(id);
+            }
+        }
+        for (table, rows) in new_rows.iter().enumerate().skip(1) {
+            if rows.rowindex.is_empty() {
+                continue;
+            }
+            let plan = call.tables[table - 1];
+            let mut hset = redis::cmd("HSET");
+            hset.arg(&plan.rowindex);
+            for (key, sets) in &rows.rowindex {
+                hset.arg(key).arg(&sets[..]);
+            }
+            plain.push(hset);
+            replies.push(Reply::Write);
+            if !rows.members.is_empty() {
+                let mut registry = redis::cmd("SADD");
+                registry.arg(&plan.idxsets);
+                for (set, members) in &rows.members {
+                    registry.arg(&set[..]);
+                    let mut sadd = redis::cmd("SADD");
+                    sadd.arg(&set[..]).arg(members);
+                    plain.push(sadd);
+                    replies.push(Reply::Write);
+                }
+                plain.push(registry);
+                replies.push(Reply::Write);
+            }
+        }
+        if let Some(zadd) = times {
+            if !events.is_empty() {
+                plain.push(zadd);
+                replies.push(Reply::Write);
+            }
+        }
+        // The script runs first: its guards come before the plain writes.
+        // EXEC is sent on its own (see write_batches).
+        let mut pipe = redis::pipe();
+        pipe.add_command(redis::cmd("MULTI")).add_command(call.cmd);
+        for cmd in plain {
+            pipe.add_command(cmd);
+        }
+        Batch {
+            pipe,
+            replies,
+            newest,
+            plain_rows: plain_count,
+        }
     }
 
     /// The key of a mirrored row in `image`: the rule's key columns, else the
@@ -235,14 +538,22 @@ impl Encoder {
         }
     }
 
-    fn push_event(&self, call: &mut Call<'_>, event: &ChangeEvent) {
+    /// The mirror writes of one event (`tables`: the call's table list).
+    fn ops_of<'a>(&self, tables: &[&TablePlan], event: &'a ChangeEvent) -> Vec<RowOp<'a>> {
+        let number = |plan: &TablePlan| {
+            tables
+                .iter()
+                .position(|p| std::ptr::eq(*p, plan))
+                .map(|i| i + 1)
+                .expect("the call lists every mirrored table of the batch")
+        };
         let mut ops: Vec<RowOp<'_>> = Vec::new();
         match &event.body {
             ChangeBody::Row {
                 table, new, old, ..
             } => {
                 if let Some(plan) = self.tables.get(table) {
-                    let t = table_number(call, plan);
+                    let t = number(plan);
                     let rule = &plan.rule;
                     let image = if event.op == Op::Delete {
                         old.as_ref()
@@ -294,33 +605,18 @@ impl Encoder {
             }
             ChangeBody::Truncate { table, .. } => {
                 if let Some(plan) = self.tables.get(table) {
-                    let t = table_number(call, plan);
-                    ops.push(RowOp::Truncate { table: t });
+                    ops.push(RowOp::Truncate {
+                        table: number(plan),
+                    });
                 }
             }
             ChangeBody::Message { .. } => {}
         }
-        call.scratch.clear();
-        write_sortable(&mut call.scratch, event.id);
-        call.cmd.arg(&call.scratch[..]);
-        call.scratch.clear();
-        // Writing into a Vec cannot fail.
-        let _ = write!(call.scratch, "{}", event.id);
-        call.cmd.arg(&call.scratch[..]).arg(&event.encoded()[..]);
-        if call.timed {
-            call.cmd.arg(
-                event
-                    .commit_ts_micros
-                    .map(|m| m / 1_000_000 + 946_684_800)
-                    .unwrap_or_default(),
-            );
-        }
-        call.newest = Some(event.id);
-        self.push_ops(call, &ops, Some(event.id));
+        ops
     }
 
     /// Writes an entry's op count and ops (`event_id`: None for snapshot rows).
-    fn push_ops(&self, call: &mut Call<'_>, ops: &[RowOp<'_>], event_id: Option<EventId>) {
+    fn push_ops(&self, call: &mut Call<'_>, ops: &[&RowOp<'_>], event_id: Option<EventId>) {
         call.cmd.arg(ops.len());
         for op in ops {
             match op {
@@ -383,17 +679,16 @@ impl Encoder {
         }
     }
 
-    /// A snapshot entry: row writes without a stream entry or guard.
+    /// A snapshot entry: row writes without a guard.
     fn push_unguarded(&self, call: &mut Call<'_>, ops: &[RowOp<'_>]) {
-        call.cmd.arg("").arg("").arg("");
-        if call.timed {
-            call.cmd.arg(0);
-        }
-        self.push_ops(call, ops, None);
+        call.cmd.arg("").arg("");
+        let ops: Vec<&RowOp<'_>> = ops.iter().collect();
+        self.push_ops(call, &ops, None);
     }
 
-    /// Sends one call on its own, retrying while Redis is unreachable, and
-    /// loading the script when Redis does not have it (`NOSCRIPT`).
+    /// Sends one script call on its own (a snapshot's), retrying while
+    /// Redis is unreachable, and loading the script when Redis does not have
+    /// it (`NOSCRIPT`).
     async fn send(&self, conn: &ConnectionManager, cmd: &Cmd) -> Result<(), SinkError> {
         let mut delay = Duration::from_millis(200);
         loop {
@@ -408,15 +703,11 @@ impl Encoder {
                 Verdict::Applied => return Ok(()),
                 Verdict::Failed(error) => return Err(error),
                 Verdict::Again(error) => {
-                    if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
-                        // The script cache was flushed: load it and send again.
-                        if self.script.load_async(&mut conn).await.is_ok() {
-                            continue;
-                        }
-                    } else if is_order_refusal(&error) {
-                        // Sent on its own after every batch before it answered:
-                        // the watermark is not where this session left it.
-                        return Err(SinkError::redis(error));
+                    if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                        && self.script.load_async(&mut conn).await.is_ok()
+                    {
+                        // The script cache was flushed: loaded, send again.
+                        continue;
                     }
                     tracing::warn!(tenant = %self.tenant, %error, retry_in_ms = delay.as_millis() as u64, "redis unavailable; replication waits until it is back");
                     tokio::time::sleep(delay).await;
@@ -436,18 +727,18 @@ impl Encoder {
                 Verdict::Applied
             }
             Err(error) => {
-                if is_order_refusal(&error) {
-                    // Expected after an earlier batch failed: not an error yet.
-                    return Verdict::Again(error);
-                }
                 metrics::counter!(crate::metrics::REDIS_WRITE_ERRORS, crate::metrics::TENANT => tenant()).increment(1);
-                if error.to_string().contains("WALCAST_EPOCH") {
+                let text = error.to_string();
+                if text.contains("WALCAST_EPOCH") {
                     Verdict::Failed(SinkError::Lost)
-                } else if error.is_io_error()
-                    || error.is_timeout()
-                    || error.is_connection_dropped()
-                    || error.is_connection_refusal()
-                    || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
+                } else if text.contains("WALCAST_ORDER") {
+                    // The batches sent before this one were answered as
+                    // written, and Redis does not have them (a failover to a
+                    // replica that had not received them): the stream has a
+                    // hole that only a new snapshot (and a gap) can account for.
+                    tracing::error!(tenant = %self.tenant, "redis no longer holds batches it acknowledged (a failover to a lagging replica?); re-snapshotting");
+                    Verdict::Failed(SinkError::Lost)
+                } else if is_unavailable(&error)
                     || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
                 {
                     Verdict::Again(error)
@@ -457,32 +748,92 @@ impl Encoder {
             }
         }
     }
+
+    /// What a batch's `EXEC` answered, reply by reply.
+    fn judge_batch(
+        &self,
+        batch: &Batch,
+        queued: RedisResult<Vec<Value>>,
+        result: RedisResult<Value>,
+        started: Instant,
+    ) -> Verdict {
+        // A command Redis would not queue (out of memory, too few replicas)
+        // made EXEC discard the transaction: its own error says why.
+        if let Ok(queued) = &queued {
+            if let Some(Value::ServerError(error)) =
+                queued.iter().find(|v| matches!(v, Value::ServerError(_)))
+            {
+                return self.judge(Err(error.clone().into()), started);
+            }
+        }
+        let replies = match result.and_then(|exec| queued.map(|_| exec)) {
+            Ok(Value::Array(replies)) if replies.len() == batch.replies.len() => replies,
+            Ok(other) => {
+                return self.judge(
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "unexpected answer to EXEC",
+                        format!("{other:?}"),
+                    ))),
+                    started,
+                )
+            }
+            Err(error) => return self.judge(Err(error), started),
+        };
+        // The script's verdict first: a lost epoch explains the rest.
+        let script = replies
+            .first()
+            .cloned()
+            .map(Value::extract_error)
+            .unwrap_or(Ok(Value::Nil));
+        if script.is_err() {
+            return self.judge(script, started);
+        }
+        for (reply, kind) in replies.into_iter().zip(&batch.replies) {
+            match (kind, reply) {
+                // The stream is gone while the epoch marker is there (deleted
+                // or evicted): events would silently go nowhere.
+                (Reply::Xadd, Value::Nil) => {
+                    tracing::error!(tenant = %self.tenant, stream = %self.keys.events(), "the event stream is gone from redis while its epoch marker is there; re-snapshotting");
+                    return Verdict::Failed(SinkError::Lost);
+                }
+                // In the stream already: a command of an earlier writer ran
+                // after this session read the watermark (its script guarded
+                // the rows).
+                (Reply::Xadd, Value::ServerError(error))
+                    if error
+                        .details()
+                        .is_some_and(|d| d.contains("equal or smaller")) => {}
+                (_, Value::ServerError(error)) => {
+                    return self.judge(Err(error.into()), started);
+                }
+                _ => {}
+            }
+        }
+        self.judge(Ok(Value::Okay), started)
+    }
 }
 
-fn is_order_refusal(error: &redis::RedisError) -> bool {
-    error.to_string().contains("WALCAST_ORDER")
-}
-
-/// The table's number in this call (from 1, as the script counts).
-fn table_number(call: &Call<'_>, plan: &TablePlan) -> usize {
-    call.tables
-        .iter()
-        .position(|p| std::ptr::eq(*p, plan))
-        .map(|i| i + 1)
-        .expect("tables_of lists every mirrored table of the batch")
+/// Redis did not answer, or cannot yet: worth trying again later.
+fn is_unavailable(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
 }
 
 enum Verdict {
     Applied,
-    /// Worth sending again (Redis unreachable, script not loaded, or sent
-    /// ahead of a batch that has not landed).
+    /// Worth sending again (Redis unreachable, or the script not loaded).
     Again(redis::RedisError),
     Failed(SinkError),
 }
 
 /// One batch for the writer task.
 struct Job {
-    events: Vec<ChangeEvent>,
+    /// Shared with the task that encodes it ahead.
+    events: Arc<Vec<ChangeEvent>>,
     end_lsn: Option<Lsn>,
     epoch: String,
     /// The first batch of a session: no order guard before it, and a failure
@@ -491,125 +842,293 @@ struct Job {
     done: oneshot::Sender<Result<(), SinkError>>,
 }
 
-type Request = Pin<Box<dyn Future<Output = RedisResult<Value>> + Send>>;
-
-/// A batch sent and not yet taken back.
-struct InFlight {
-    job: Job,
-    cmd: Arc<Cmd>,
-    request: Option<Request>,
-    answer: Option<RedisResult<Value>>,
-    started: Instant,
+/// The writer's own connection, and what it learnt when it was opened.
+struct Session {
+    conn: MultiplexedConnection,
+    /// Every other writer connection of this tenant was closed before this
+    /// one wrote: nothing an earlier writer sent can run from now on, so the
+    /// watermark read below stays true and new rows may go as plain
+    /// commands, unguarded.
+    fenced: bool,
+    /// The newest event in Redis when the session began.
+    applied: Option<EventId>,
+    /// The newest event this session wrote (the next batch's order guard).
+    newest: Option<EventId>,
 }
 
-enum Next {
-    Job(Job),
-    Answer,
-    Closed,
+/// Opens the writer's connection: names it, closes every other connection
+/// of this tenant's writer (an earlier process's, or this one's before a
+/// timeout), then reads the watermark.
+async fn open_session(encoder: &Encoder, client: &redis::Client) -> RedisResult<Session> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(encoder.config.connect_timeout))
+        .set_response_timeout(Some(encoder.config.command_timeout));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let name = format!("walcast-writer:{}", encoder.keys.events());
+    let fenced = match fence(&mut conn, &name).await {
+        Ok(0) => true,
+        Ok(closed) => {
+            tracing::info!(tenant = %encoder.tenant, closed, "closed connections of an earlier redis writer of this tenant");
+            true
+        }
+        Err(error) if is_unavailable(&error) => return Err(error),
+        Err(error) => {
+            tracing::warn!(tenant = %encoder.tenant, %error, "redis refused CLIENT SETNAME/LIST/KILL, so an earlier writer's late commands cannot be fenced off; every row goes through the Lua script, which costs Redis more CPU. To write new rows as plain commands, allow walcast's Redis user +client|setname +client|list +client|kill");
+            false
+        }
+    };
+    let applied: Option<String> = redis::cmd("HGET")
+        .arg(encoder.keys.applied())
+        .arg("event_id")
+        .query_async(&mut conn)
+        .await?;
+    Ok(Session {
+        conn,
+        fenced,
+        applied: applied.and_then(|id| id.parse().ok()),
+        newest: None,
+    })
 }
 
-/// The writer task: encodes batches, sends them in order (up to `WINDOW`
-/// unanswered), takes the answers in order, reports each batch once durable.
+/// Names this connection `name` and closes the others of that name: once
+/// `CLIENT KILL` returned, nothing they sent can still run. Returns how many.
+async fn fence(conn: &mut MultiplexedConnection, name: &str) -> RedisResult<usize> {
+    let own: i64 = redis::cmd("CLIENT").arg("ID").query_async(conn).await?;
+    redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(name)
+        .query_async::<()>(conn)
+        .await?;
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(conn)
+        .await?;
+    let mut closed = 0;
+    for id in stale_writers(&list, name, own) {
+        // 0: it went away meanwhile.
+        let n: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(conn)
+            .await?;
+        closed += n as usize;
+    }
+    Ok(closed)
+}
+
+/// The ids of the connections in a `CLIENT LIST` answer named `name`, other
+/// than `own`.
+fn stale_writers(list: &str, name: &str, own: i64) -> Vec<i64> {
+    list.lines()
+        .filter_map(|line| {
+            let mut id = None;
+            let mut named = false;
+            for field in line.split(' ') {
+                if let Some(v) = field.strip_prefix("id=") {
+                    id = v.parse::<i64>().ok();
+                } else if let Some(v) = field.strip_prefix("name=") {
+                    named = v == name;
+                }
+            }
+            id.filter(|&id| named && id != own)
+        })
+        .collect()
+}
+
+/// A batch whose body (`MULTI` and its commands) was sent, so that Redis
+/// parses and queues it while the batch before it runs; its `EXEC` waits
+/// for that batch's answer.
+struct Queued {
+    /// Encodes the batch and sends its body, on a task of its own so that
+    /// the writer sees the answer of the batch before at once; gives the
+    /// batch and the answers to its body: `OK`, then `QUEUED` or an error
+    /// per command.
+    task: tokio::task::JoinHandle<(Arc<Batch>, RedisResult<Vec<Value>>)>,
+    /// The session it was sent on (`generation`): on another session (after
+    /// a reconnect) it is encoded and sent again.
+    generation: u64,
+}
+
+/// Sends a batch's body: `MULTI` and its commands.
+async fn send_body(mut conn: MultiplexedConnection, batch: &Batch) -> RedisResult<Vec<Value>> {
+    conn.send_packed_commands(&batch.pipe, 0, batch.pipe.len())
+        .await
+}
+
+/// The writer task: sends the batches one transaction at a time, in order,
+/// and reports each batch once durable. The plain commands in a transaction
+/// run even when its script refuses, so no batch may overtake another: a
+/// batch's `EXEC` is sent only after the batch before it was answered as
+/// written. Its body goes ahead: while Redis runs batch k, batch k+1 is
+/// already encoded, sent and queued (`MULTI` … `QUEUED`), so that Redis
+/// spends the wait between two batches on the next one's parsing. When
+/// batch k fails, k+1's open transaction dies with the connection, unrun.
 async fn write_batches(
     encoder: Arc<Encoder>,
-    conn: ConnectionManager,
+    client: redis::Client,
     mut jobs: mpsc::Receiver<Job>,
     on_durable: Arc<RwLock<Option<OnDurable>>>,
 ) {
-    let mut flight: VecDeque<InFlight> = VecDeque::new();
-    // The newest event sent in this session: the next batch's order guard.
-    let mut newest: Option<EventId> = None;
+    let mut session: Option<Session> = None;
+    let mut generation = 0u64;
     // A batch failed: later ones of the session are not written.
     let mut broken = false;
+    let mut next: Option<(Job, Option<Queued>)> = None;
     let mut closed = false;
     loop {
-        if closed && flight.is_empty() {
-            return;
+        let (job, queued) = match next.take() {
+            Some(next) => next,
+            None if closed => return,
+            None => match jobs.recv().await {
+                Some(job) => (job, None),
+                None => return,
+            },
+        };
+        if job.fresh {
+            // A new replication session replays from the confirmed position:
+            // read the watermark again.
+            broken = false;
+            session = None;
         }
-        let next = std::future::poll_fn(|cx| {
-            // Every request is polled, oldest first: a request is handed to
-            // the connection on its first poll, so they go out in order.
-            for batch in flight.iter_mut() {
-                if let Some(request) = batch.request.as_mut() {
-                    if let Poll::Ready(answer) = request.as_mut().poll(cx) {
-                        batch.answer = Some(answer);
-                        batch.request = None;
+        if broken {
+            let _ = job.done.send(Err(SinkError::Abandoned));
+            continue;
+        }
+        let mut queued = queued.filter(|q| q.generation == generation);
+        let mut delay = Duration::from_millis(200);
+        let outcome = loop {
+            let current = match session.as_mut() {
+                Some(current) => current,
+                None => match open_session(&encoder, &client).await {
+                    Ok(opened) => {
+                        generation += 1;
+                        queued = None;
+                        session.insert(opened)
                     }
+                    Err(error) if is_unavailable(&error) => {
+                        tracing::warn!(tenant = %encoder.tenant, %error, retry_in_ms = delay.as_millis() as u64, "redis unavailable; replication waits until it is back");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(MAX_RETRY_DELAY);
+                        continue;
+                    }
+                    Err(error) => break Err(SinkError::Connect(error)),
+                },
+            };
+            let started = Instant::now();
+            let (batch, body) = match queued.take() {
+                Some(queued) => match queued.task.await {
+                    Ok(done) => done,
+                    Err(error) => break Err(SinkError::Io(std::io::Error::other(error))),
+                },
+                None => {
+                    let batch = Arc::new(encoder.batch(
+                        &job.events,
+                        job.end_lsn,
+                        &job.epoch,
+                        current.newest,
+                        current.applied.max(current.newest),
+                        current.fenced,
+                    ));
+                    if batch.newest.is_none() && job.end_lsn.is_none() {
+                        // Everything was in Redis already.
+                        break Ok(());
+                    }
+                    let body = send_body(current.conn.clone(), &batch).await;
+                    (batch, body)
                 }
-            }
-            if flight.front().is_some_and(|b| b.answer.is_some()) {
-                return Poll::Ready(Next::Answer);
-            }
-            if !closed && flight.len() < WINDOW {
-                match jobs.poll_recv(cx) {
-                    Poll::Ready(Some(job)) => return Poll::Ready(Next::Job(job)),
-                    Poll::Ready(None) => return Poll::Ready(Next::Closed),
-                    Poll::Pending => {}
-                }
-            }
-            Poll::Pending
-        })
-        .await;
-        match next {
-            Next::Closed => closed = true,
-            Next::Job(job) => {
-                if job.fresh {
-                    newest = None;
-                    broken = false;
-                }
-                if broken {
-                    let _ = job.done.send(Err(SinkError::Abandoned));
+            };
+            // The body's answers are in: EXEC goes after the body on the
+            // connection.
+            if let Err(error) = &body {
+                if is_unavailable(error) {
+                    tracing::warn!(tenant = %encoder.tenant, %error, retry_in_ms = delay.as_millis() as u64, "redis unavailable; replication waits until it is back");
+                    session = None;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
                     continue;
                 }
-                let (cmd, last) = encoder.events_call(&job.events, job.end_lsn, &job.epoch, newest);
-                newest = last.or(newest);
-                let cmd = Arc::new(cmd);
-                let mut request_conn = conn.clone();
-                let request_cmd = Arc::clone(&cmd);
-                flight.push_back(InFlight {
-                    job,
-                    cmd,
-                    request: Some(Box::pin(async move {
-                        // A server error comes back as a value: make it an error.
-                        request_conn
-                            .send_packed_command(&request_cmd)
-                            .await
-                            .and_then(Value::extract_error)
-                    })),
-                    answer: None,
-                    started: Instant::now(),
-                });
             }
-            Next::Answer => {
-                let Some(mut batch) = flight.pop_front() else {
-                    continue;
-                };
-                let answer = batch.answer.take().expect("answered");
-                if broken {
-                    let _ = batch.job.done.send(Err(SinkError::Abandoned));
-                    continue;
-                }
-                let outcome = match encoder.judge(answer, batch.started) {
-                    Verdict::Applied => Ok(()),
-                    Verdict::Failed(error) => Err(error),
-                    // Everything before it is in now: send it again on its own.
-                    Verdict::Again(_) => encoder.send(&conn, &batch.cmd).await,
-                };
-                match outcome {
-                    Ok(()) => {
-                        let report = on_durable.read().unwrap_or_else(|p| p.into_inner()).clone();
-                        if let Some(report) = report {
-                            if !batch.job.events.is_empty() {
-                                report(&batch.job.events);
-                            }
+            let mut conn = current.conn.clone();
+            let exec = async move { conn.send_packed_command(&redis::cmd("EXEC")).await };
+            tokio::pin!(exec);
+            // While Redis runs this batch, encode the next and send its body.
+            // `exec` is polled first: its first poll hands EXEC to the
+            // connection's queue (which has room: this writer is the
+            // connection's only user and has at most two requests on it), so
+            // the next body always follows this EXEC.
+            let answer = loop {
+                tokio::select! {
+                    biased;
+                    answer = &mut exec => break answer,
+                    received = jobs.recv(), if next.is_none() && !closed => match received {
+                        Some(following) => {
+                            let ahead = (!following.fresh).then(|| {
+                                let encoder = Arc::clone(&encoder);
+                                let conn = current.conn.clone();
+                                let events = Arc::clone(&following.events);
+                                let end_lsn = following.end_lsn;
+                                let epoch = following.epoch.clone();
+                                let after = batch.newest.or(current.newest);
+                                let applied = current.applied.max(batch.newest).max(current.newest);
+                                let fenced = current.fenced;
+                                let task = tokio::spawn(async move {
+                                    let batch = Arc::new(encoder.batch(
+                                        &events, end_lsn, &epoch, after, applied, fenced,
+                                    ));
+                                    let body = send_body(conn, &batch).await;
+                                    (batch, body)
+                                });
+                                Queued { task, generation }
+                            });
+                            next = Some((following, ahead));
                         }
-                        let _ = batch.job.done.send(Ok(()));
+                        None => closed = true,
+                    },
+                }
+            };
+            match encoder.judge_batch(&batch, body, answer, started) {
+                Verdict::Applied => {
+                    if batch.plain_rows > 0 {
+                        metrics::counter!(crate::metrics::REDIS_PLAIN_ROWS, crate::metrics::TENANT => encoder.tenant.to_string())
+                            .increment(batch.plain_rows as u64);
                     }
-                    Err(error) => {
-                        broken = true;
-                        let _ = batch.job.done.send(Err(error));
+                    current.newest = batch.newest.or(current.newest);
+                    break Ok(());
+                }
+                Verdict::Failed(error) => break Err(error),
+                Verdict::Again(error) => {
+                    // Whether it ran is unknown: a new session fences the old
+                    // connection off and reads the watermark again.
+                    tracing::warn!(tenant = %encoder.tenant, %error, retry_in_ms = delay.as_millis() as u64, "redis unavailable; replication waits until it is back");
+                    session = None;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => {
+                let report = on_durable.read().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some(report) = report {
+                    if !job.events.is_empty() {
+                        report(&job.events);
                     }
                 }
+                let _ = job.done.send(Ok(()));
+            }
+            Err(error) => {
+                broken = true;
+                // What the failed transaction left is unknown, and the next
+                // batch's transaction may be open on this connection: closing
+                // it discards that one, and the next session reads the
+                // watermark again.
+                session = None;
+                let _ = job.done.send(Err(error));
             }
         }
     }
@@ -646,42 +1165,17 @@ impl std::fmt::Debug for RedisSink {
 
 impl RedisSink {
     pub fn new(tenant: &TenantConfig, config: &RedisConfig, conn: ConnectionManager) -> RedisSink {
-        let keys = Keys::new(&config.key_prefix, &tenant.id);
-        let tables = tenant
-            .mirror
-            .iter()
-            .map(|rule| {
-                let table = &rule.table;
-                let plan = TablePlan {
-                    rule: rule.clone(),
-                    row_prefix: keys.row_prefix(table),
-                    index: rule
-                        .index
-                        .iter()
-                        .map(|c| (c.clone(), keys.index_prefix(table, c)))
-                        .collect(),
-                    rowindex: keys.rowindex(table),
-                    idxsets: keys.index_sets(table),
-                };
-                (table.clone(), plan)
-            })
-            .collect();
+        let encoder = Encoder::new(tenant, config);
         RedisSink {
             tenant: tenant.id.clone(),
-            keys: keys.clone(),
+            keys: encoder.keys.clone(),
             conn,
             rules: tenant
                 .mirror
                 .iter()
                 .map(|r| (r.table.clone(), r.clone()))
                 .collect(),
-            encoder: Arc::new(Encoder {
-                tenant: tenant.id.clone(),
-                keys,
-                config: config.clone(),
-                tables,
-                script: Script::new(include_str!("apply_batch.lua")),
-            }),
+            encoder: Arc::new(encoder),
             on_durable: Arc::new(RwLock::new(None)),
             state: Mutex::new(State {
                 buffer: Vec::new(),
@@ -778,6 +1272,8 @@ impl RedisSink {
             None,
             "",
             None,
+            None,
+            false,
         );
         for t in 1..=call.tables.len() {
             encoder.push_unguarded(&mut call, &[RowOp::Truncate { table: t }]);
@@ -845,6 +1341,8 @@ impl RedisSink {
             None,
             "",
             None,
+            None,
+            false,
         );
         for row in rows {
             if !plan.rule.hot_when.iter().all(|f| f.matches(row)) {
@@ -881,6 +1379,14 @@ impl RedisSink {
         let mut conn = self.conn.clone();
         redis::pipe()
             .atomic()
+            // The writer's XADDs do not create the stream (NOMKSTREAM: a
+            // stream that vanished must not silently start over), so it
+            // exists, empty if need be, from the moment the epoch does.
+            .cmd("EVAL")
+            .arg(CREATE_STREAM)
+            .arg(1)
+            .arg(self.keys.events())
+            .ignore()
             .cmd("SET")
             .arg(self.keys.epoch())
             .arg(&epoch)
@@ -1070,21 +1576,24 @@ impl RedisSink {
         events: Vec<ChangeEvent>,
         end_lsn: Option<Lsn>,
     ) -> Result<(), SinkError> {
-        // Bounded: the batches sent plus one waiting to be encoded.
+        // Bounded: the batch Redis runs, the next, and one waiting.
         Self::settle(state, WINDOW).await?;
-        let writer = state.writer.get_or_insert_with(|| {
+        if state.writer.is_none() {
+            // The writer has a connection of its own (see write_batches).
+            let client = client(&self.encoder.config).map_err(SinkError::Connect)?;
             let (tx, rx) = mpsc::channel(1);
             tokio::spawn(write_batches(
                 Arc::clone(&self.encoder),
-                self.conn.clone(),
+                client,
                 rx,
                 Arc::clone(&self.on_durable),
             ));
-            tx
-        });
+            state.writer = Some(tx);
+        }
+        let writer = state.writer.as_mut().expect("started above");
         let (done, answer) = oneshot::channel();
         let job = Job {
-            events,
+            events: Arc::new(events),
             end_lsn,
             epoch: state.epoch.clone().unwrap_or_default(),
             fresh: std::mem::take(&mut state.fresh),
@@ -1238,5 +1747,156 @@ fn parse_mirrored(value: &redis::Value, format: MirrorFormat) -> Option<RowImage
             ))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RowImage;
+
+    fn encoder() -> Encoder {
+        let text = "[redis]\nurl = \"redis://127.0.0.1:1/\"\n[[mirror]]\ntable = \"jobs\"\nindex = [\"status\"]\n[[tenants]]\nid = \"acme\"\nurl = \"postgres://u@localhost/db\"\ntables = [\"jobs\"]\n";
+        let config = crate::config::parse(std::path::Path::new("t.toml"), text, &|_| None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Encoder::new(&config.tenants[0], config.redis.as_ref().unwrap())
+    }
+
+    fn change(index: u32, op: Op, id: i64, status: &str) -> ChangeEvent {
+        let row = RowImage(vec![
+            ("id".into(), Datum::Int(id)),
+            ("status".into(), Datum::Text(status.into())),
+        ]);
+        let key = RowImage(vec![("id".into(), Datum::Int(id))]);
+        ChangeEvent::new(
+            EventId {
+                commit_lsn: Lsn(100),
+                index,
+            },
+            Arc::from("acme"),
+            Some(1),
+            Some(0),
+            op,
+            ChangeBody::Row {
+                table: TableName::new("public", "jobs"),
+                key: Some(key.clone()),
+                new: (op != Op::Delete).then_some(row),
+                old: (op == Op::Delete).then_some(key),
+                unchanged: vec![],
+            },
+        )
+    }
+
+    fn commands(batch: &Batch) -> Vec<String> {
+        batch
+            .pipe
+            .cmd_iter()
+            .map(|cmd| {
+                cmd.args_iter()
+                    .next()
+                    .map(|arg| match arg {
+                        redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                        _ => String::new(),
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// A new row goes as plain commands only when nothing else in the batch
+    /// touches its key: here row 1 is inserted and then updated (both in the
+    /// script, in order), row 2 is only inserted (plain).
+    #[test]
+    fn new_rows_touched_once_go_plain_the_rest_through_the_script() {
+        let encoder = encoder();
+        let events = vec![
+            change(0, Op::Insert, 1, "queued"),
+            change(1, Op::Update, 1, "running"),
+            change(2, Op::Insert, 2, "queued"),
+        ];
+        let batch = encoder.batch(&events, Some(Lsn(150)), "e", None, None, true);
+        assert_eq!(batch.plain_rows, 1);
+        assert_eq!(
+            commands(&batch),
+            ["MULTI", "EVAL", "XADD", "XADD", "HSET", "XADD", "HSET", "SADD", "SADD"]
+        );
+        assert_eq!(
+            batch.replies,
+            [
+                Reply::Script,
+                Reply::Xadd,
+                Reply::Xadd,
+                Reply::Write,
+                Reply::Xadd,
+                Reply::Write,
+                Reply::Write,
+                Reply::Write
+            ]
+        );
+        assert_eq!(
+            batch.pipe.len(),
+            batch.replies.len() + 1,
+            "MULTI has no reply slot in EXEC"
+        );
+        assert_eq!(batch.newest, Some(events[2].id));
+
+        // Without the fence every row goes through the script.
+        let batch = encoder.batch(&events, Some(Lsn(150)), "e", None, None, false);
+        assert_eq!(batch.plain_rows, 0);
+        assert_eq!(commands(&batch), ["MULTI", "EVAL", "XADD", "XADD", "XADD"]);
+    }
+
+    /// A bulk load (only new rows) goes plain without counting keys; a
+    /// delete in the batch sends a re-inserted key through the script.
+    #[test]
+    fn a_bulk_load_goes_plain_and_a_reinsert_does_not() {
+        let encoder = encoder();
+        let load: Vec<ChangeEvent> = (0..4)
+            .map(|i| change(i, Op::Insert, i64::from(i), "queued"))
+            .collect();
+        assert_eq!(
+            encoder.batch(&load, None, "e", None, None, true).plain_rows,
+            4
+        );
+        let reinsert = vec![
+            change(0, Op::Delete, 7, "queued"),
+            change(1, Op::Insert, 7, "queued"),
+            change(2, Op::Insert, 8, "queued"),
+        ];
+        assert_eq!(
+            encoder
+                .batch(&reinsert, None, "e", None, None, true)
+                .plain_rows,
+            1
+        );
+    }
+
+    /// Events at or before the watermark are in Redis already: left out.
+    #[test]
+    fn events_at_or_before_the_watermark_are_left_out() {
+        let encoder = encoder();
+        let events: Vec<ChangeEvent> = (0..3)
+            .map(|i| change(i, Op::Insert, i64::from(i), "queued"))
+            .collect();
+        let batch = encoder.batch(&events, None, "e", None, Some(events[1].id), true);
+        assert_eq!(batch.plain_rows, 1);
+        assert_eq!(batch.newest, Some(events[2].id));
+        let all_in = encoder.batch(&events, None, "e", None, Some(events[2].id), true);
+        assert_eq!(all_in.newest, None);
+        assert_eq!(commands(&all_in), ["MULTI", "EVAL"]);
+    }
+
+    /// `CLIENT LIST TYPE normal` as Redis 7.0.15 answered it, with two
+    /// connections named as this tenant's writer (3 and 5, this one) and
+    /// another (4).
+    #[test]
+    fn stale_writers_are_the_other_connections_of_the_name() {
+        let list = "id=3 addr=127.0.0.1:54918 laddr=127.0.0.1:7391 fd=8 name=walcast-writer:walcast:{acme}:events age=0 idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=20474 argv-mem=0 multi-mem=0 rbs=16384 rbp=16384 obl=0 oll=0 omem=0 tot-mem=37632 events=r cmd=client|setname user=default redir=-1 resp=2\nid=4 addr=127.0.0.1:54934 laddr=127.0.0.1:7391 fd=9 name=dashboard age=0 idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=20474 argv-mem=0 multi-mem=0 rbs=16384 rbp=16384 obl=0 oll=0 omem=0 tot-mem=37632 events=r cmd=client|setname user=default redir=-1 resp=2\nid=5 addr=127.0.0.1:54942 laddr=127.0.0.1:7391 fd=11 name=walcast-writer:walcast:{acme}:events age=0 idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=89 qbuf-free=20385 argv-mem=20 multi-mem=0 rbs=16384 rbp=16384 obl=9 oll=0 omem=0 tot-mem=37684 events=r cmd=client|list user=default redir=-1 resp=2\n";
+        assert_eq!(
+            stale_writers(list, "walcast-writer:walcast:{acme}:events", 5),
+            [3]
+        );
+        assert!(stale_writers(list, "walcast-writer:walcast:{globex}:events", 5).is_empty());
+        assert!(stale_writers("", "x", 1).is_empty());
     }
 }
