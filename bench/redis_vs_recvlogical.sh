@@ -68,6 +68,17 @@ kill -INT "$WALCAST_PID"; wait "$WALCAST_PID" || true; WALCAST_PID=
 "${PSQL[@]}" -c "select pg_create_logical_replication_slot('bench_recv', 'pgoutput')" >/dev/null
 
 STREAMED=0 # events in walcast's stream before the workload
+# CPU seconds of every process of this cluster now (the walsenders are the
+# postmaster's children); one that starts later counts from 0.
+pg_cpu() {
+    local pm total=0 pid
+    pm=$(head -1 "$WORK/data/postmaster.pid")
+    for pid in $pm $(pgrep -P "$pm"); do
+        [ -r "/proc/$pid/stat" ] || continue
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total / $(getconf CLK_TCK)" | bc -l
+}
 measure() { # $1: workload name, $2: number of changes
     local name=$1 changes=$2 marker
     # Both readers stop at a logical message committed after the workload.
@@ -80,8 +91,9 @@ measure() { # $1: workload name, $2: number of changes
     end=$("${PSQL[@]}" -c "select pg_current_wal_lsn()")
     # The floor: Postgres decoding and sending, written to a file as it
     # arrives, until the marker is in it.
-    local t0 t1 recv_s walcast_s recv_pid
+    local t0 t1 recv_s walcast_s recv_pid pg0 pg_recv pg_walcast
     rm -f "$WORK/recv.out"
+    pg0=$(pg_cpu)
     t0=$(date +%s.%N)
     "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -S bench_recv --start \
         -o proto_version=1 -o publication_names=walcast_bench -o messages=true -F 0 -f "$WORK/recv.out" 2>>"$WORK/recv.log" &
@@ -91,6 +103,7 @@ measure() { # $1: workload name, $2: number of changes
         sleep 0.02
     done
     t1=$(date +%s.%N)
+    pg_recv=$(echo "$(pg_cpu) - $pg0" | bc -l)
     kill -INT "$recv_pid"; wait "$recv_pid" 2>/dev/null || true
     recv_s=$(echo "$t1 - $t0" | bc -l)
     # Stopped by a signal, pg_recvlogical may not have confirmed all it
@@ -106,6 +119,7 @@ measure() { # $1: workload name, $2: number of changes
     STREAMED=$target
     local redis_cpu0 redis_cpu1
     redis_cpu0=$(redis-cli -p "$RPORT" info cpu | awk -F: '/^used_cpu_(sys|user):/ {t += $2} END {print t}')
+    pg0=$(pg_cpu)
     t0=$(date +%s.%N)
     "$WALCAST" --config "$WORK/walcast.toml" run >>"$WORK/walcast.log" 2>&1 &
     WALCAST_PID=$!
@@ -117,6 +131,7 @@ measure() { # $1: workload name, $2: number of changes
         sleep 0.02
     done
     t1=$(date +%s.%N)
+    pg_walcast=$(echo "$(pg_cpu) - $pg0" | bc -l)
     walcast_s=$(echo "$t1 - $t0" | bc -l)
     redis_cpu1=$(redis-cli -p "$RPORT" info cpu | awk -F: '/^used_cpu_(sys|user):/ {t += $2} END {print t}')
     local stat hwm cpu
@@ -125,10 +140,12 @@ measure() { # $1: workload name, $2: number of changes
     cpu=$(echo "(${stat[0]} + ${stat[1]}) / $(getconf CLK_TCK)" | bc -l)
     kill -INT "$WALCAST_PID"; wait "$WALCAST_PID" || true; WALCAST_PID=
     printf '%s: %d changes\n' "$name" "$changes"
-    printf '  pg_recvlogical to a file:    %.2f s (%.0f changes/s)\n' "$recv_s" "$(echo "$changes / $recv_s" | bc -l)"
+    printf '  pg_recvlogical to a file:    %.2f s (%.0f changes/s), postgres cpu %.2f s\n' \
+        "$recv_s" "$(echo "$changes / $recv_s" | bc -l)" "$pg_recv"
     printf '  walcast into redis:          %.2f s (%.0f changes/s), cpu %.2f s, peak rss %d MiB\n' \
         "$walcast_s" "$(echo "$changes / $walcast_s" | bc -l)" "$cpu" "$((hwm / 1024))"
-    printf '  redis-server cpu meanwhile:   %.2f s\n' "$(echo "$redis_cpu1 - $redis_cpu0" | bc -l)"
+    printf '  redis-server cpu meanwhile:   %.2f s, postgres cpu %.2f s\n' \
+        "$(echo "$redis_cpu1 - $redis_cpu0" | bc -l)" "$pg_walcast"
     printf '  ratio walcast / pg_recvlogical: %.2f (target <= 1.25)\n' "$(echo "$walcast_s / $recv_s" | bc -l)"
 }
 
