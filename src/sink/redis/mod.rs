@@ -35,7 +35,9 @@ mod keys;
 pub use keys::{row_key, row_key_of, Keys};
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io::Write as _;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -968,6 +970,8 @@ async fn send_body(mut conn: MultiplexedConnection, batch: &Batch) -> RedisResul
 /// already encoded, sent and queued (`MULTI` … `QUEUED`), so that Redis
 /// spends the wait between two batches on the next one's parsing. When
 /// batch k fails, k+1's open transaction dies with the connection, unrun.
+/// A batch with nothing before it in flight (a small transaction, say) goes
+/// whole, body and EXEC, in one round trip.
 async fn write_batches(
     encoder: Arc<Encoder>,
     client: redis::Client,
@@ -1020,42 +1024,67 @@ async fn write_batches(
                 },
             };
             let started = Instant::now();
-            let (batch, body) = match queued.take() {
-                Some(queued) => match queued.task.await {
-                    Ok(done) => done,
-                    Err(error) => break Err(SinkError::Io(std::io::Error::other(error))),
-                },
-                None => {
-                    let batch = Arc::new(encoder.batch(
-                        &job.events,
-                        job.end_lsn,
-                        &job.epoch,
-                        current.newest,
-                        current.applied.max(current.newest),
-                        current.fenced,
-                    ));
-                    if batch.newest.is_none() && job.end_lsn.is_none() {
-                        // Everything was in Redis already.
-                        break Ok(());
+            // The answers to the body (`OK`, `QUEUED`…) and to EXEC.
+            type Answers = (RedisResult<Vec<Value>>, RedisResult<Value>);
+            let (batch, request): (Arc<Batch>, Pin<Box<dyn Future<Output = Answers> + Send>>) =
+                match queued.take() {
+                    Some(queued) => {
+                        let (batch, body) = match queued.task.await {
+                            Ok(done) => done,
+                            Err(error) => break Err(SinkError::Io(std::io::Error::other(error))),
+                        };
+                        // The body's answers are in: EXEC goes after the body
+                        // on the connection.
+                        if let Err(error) = &body {
+                            if is_unavailable(error) {
+                                tracing::warn!(tenant = %encoder.tenant, %error, retry_in_ms = delay.as_millis() as u64, "redis unavailable; replication waits until it is back");
+                                session = None;
+                                tokio::time::sleep(delay).await;
+                                delay = (delay * 2).min(MAX_RETRY_DELAY);
+                                continue;
+                            }
+                        }
+                        let mut conn = current.conn.clone();
+                        let exec = async move {
+                            let exec = conn.send_packed_command(&redis::cmd("EXEC")).await;
+                            (body, exec)
+                        };
+                        (batch, Box::pin(exec))
                     }
-                    let body = send_body(current.conn.clone(), &batch).await;
-                    (batch, body)
-                }
-            };
-            // The body's answers are in: EXEC goes after the body on the
-            // connection.
-            if let Err(error) = &body {
-                if is_unavailable(error) {
-                    tracing::warn!(tenant = %encoder.tenant, %error, retry_in_ms = delay.as_millis() as u64, "redis unavailable; replication waits until it is back");
-                    session = None;
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_RETRY_DELAY);
-                    continue;
-                }
-            }
-            let mut conn = current.conn.clone();
-            let exec = async move { conn.send_packed_command(&redis::cmd("EXEC")).await };
-            tokio::pin!(exec);
+                    None => {
+                        let batch = Arc::new(encoder.batch(
+                            &job.events,
+                            job.end_lsn,
+                            &job.epoch,
+                            current.newest,
+                            current.applied.max(current.newest),
+                            current.fenced,
+                        ));
+                        if batch.newest.is_none() && job.end_lsn.is_none() {
+                            // Everything was in Redis already.
+                            break Ok(());
+                        }
+                        // Nothing before it is in flight: body and EXEC together,
+                        // one round trip.
+                        let mut whole = redis::pipe();
+                        for cmd in batch.pipe.cmd_iter() {
+                            whole.add_command(cmd.clone());
+                        }
+                        whole.add_command(redis::cmd("EXEC"));
+                        let mut conn = current.conn.clone();
+                        let exec = async move {
+                            match conn.send_packed_commands(&whole, 0, whole.len()).await {
+                                Ok(mut answers) => {
+                                    let exec = answers.pop().unwrap_or(Value::Nil);
+                                    (Ok(answers), Ok(exec))
+                                }
+                                Err(error) => (Ok(Vec::new()), Err(error)),
+                            }
+                        };
+                        (batch, Box::pin(exec))
+                    }
+                };
+            let mut exec = request;
             // While Redis runs this batch, encode the next and send its body.
             // `exec` is polled first: its first poll hands EXEC to the
             // connection's queue (which has room: this writer is the
@@ -1091,6 +1120,7 @@ async fn write_batches(
                     },
                 }
             };
+            let (body, answer) = answer;
             match encoder.judge_batch(&batch, body, answer, started) {
                 Verdict::Applied => {
                     if batch.plain_rows > 0 {
