@@ -924,8 +924,8 @@ async fn fence(conn: &mut MultiplexedConnection, name: &str) -> RedisResult<usiz
 }
 
 /// The ids of the connections in a `CLIENT LIST` answer named `name`, other
-/// than `own`.
-fn stale_writers(list: &str, name: &str, own: i64) -> Vec<i64> {
+/// than `own`. (Public for the fuzz target.)
+pub fn stale_writers(list: &str, name: &str, own: i64) -> Vec<i64> {
     list.lines()
         .filter_map(|line| {
             let mut id = None;
