@@ -397,21 +397,17 @@ impl Encoder {
         let stream = self.keys.events();
         let mut id_buf: Vec<u8> = Vec::with_capacity(32);
         for (event, ops) in events.iter().zip(&ops) {
-            let scripted: Vec<&RowOp<'_>> = ops.iter().filter(|op| !goes_plain(op)).collect();
-            if !scripted.is_empty() {
-                call.scratch.clear();
-                write_sortable(&mut call.scratch, event.id);
-                call.cmd.arg(&call.scratch[..]);
-                call.scratch.clear();
-                // Writing into a Vec cannot fail.
-                let _ = write!(call.scratch, "{}", event.id);
-                call.cmd.arg(&call.scratch[..]);
-                self.push_ops(&mut call, &scripted, Some(event.id));
-            }
             id_buf.clear();
             // Writing into a Vec cannot fail.
             let _ = write!(id_buf, "{}", event.id);
             let id = &id_buf[..];
+            let scripted: Vec<&RowOp<'_>> = ops.iter().filter(|op| !goes_plain(op)).collect();
+            if !scripted.is_empty() {
+                call.scratch.clear();
+                write_sortable(&mut call.scratch, event.id);
+                call.cmd.arg(&call.scratch[..]).arg(id);
+                self.push_ops(&mut call, &scripted, Some(event.id));
+            }
             for op in ops.iter().filter(|op| goes_plain(op)) {
                 plain_count += 1;
                 let RowOp::Put {
@@ -1817,6 +1813,13 @@ mod tests {
         )
     }
 
+    /// `n` inserts of rows 0..n, queued.
+    fn inserts(n: u32) -> Vec<ChangeEvent> {
+        (0..n)
+            .map(|i| change(i, Op::Insert, i64::from(i), "queued"))
+            .collect()
+    }
+
     fn commands(batch: &Batch) -> Vec<String> {
         batch
             .pipe
@@ -1881,9 +1884,7 @@ mod tests {
     #[test]
     fn a_bulk_load_goes_plain_and_a_reinsert_does_not() {
         let encoder = encoder();
-        let load: Vec<ChangeEvent> = (0..4)
-            .map(|i| change(i, Op::Insert, i64::from(i), "queued"))
-            .collect();
+        let load = inserts(4);
         assert_eq!(
             encoder.batch(&load, None, "e", None, None, true).plain_rows,
             4
@@ -1905,9 +1906,7 @@ mod tests {
     #[test]
     fn events_at_or_before_the_watermark_are_left_out() {
         let encoder = encoder();
-        let events: Vec<ChangeEvent> = (0..3)
-            .map(|i| change(i, Op::Insert, i64::from(i), "queued"))
-            .collect();
+        let events = inserts(3);
         let batch = encoder.batch(&events, None, "e", None, Some(events[1].id), true);
         assert_eq!(batch.plain_rows, 1);
         assert_eq!(batch.newest, Some(events[2].id));
