@@ -7,7 +7,8 @@
 # changes/s, and walcast's CPU seconds and peak RSS.
 #
 # Usage: bash bench/redis_vs_recvlogical.sh [SINGLE_TXNS] [BIG_TXN_ROWS]
-# Needs the PostgreSQL server binaries, pg_recvlogical, pgbench, redis-server.
+# Needs the PostgreSQL server binaries, pg_recvlogical, pgbench, redis-server,
+# python3 (bench/wait_until.py polls for the end of each reader's run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SINGLE=${1:-200000}
@@ -98,10 +99,7 @@ measure() { # $1: workload name, $2: number of changes
     "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -S bench_recv --start \
         -o proto_version=1 -o publication_names=walcast_bench -o messages=true -F 0 -f "$WORK/recv.out" 2>>"$WORK/recv.log" &
     recv_pid=$!
-    until tail -c 300 "$WORK/recv.out" 2>/dev/null | grep -q "$marker"; do
-        kill -0 "$recv_pid" 2>/dev/null || { echo "pg_recvlogical ended before the marker" >&2; exit 1; }
-        sleep 0.02
-    done
+    python3 bench/wait_until.py file "$WORK/recv.out" "$marker" "$recv_pid"
     t1=$(date +%s.%N)
     pg_recv=$(echo "$(pg_cpu) - $pg0" | bc -l)
     kill -INT "$recv_pid"; wait "$recv_pid" 2>/dev/null || true
@@ -123,13 +121,8 @@ measure() { # $1: workload name, $2: number of changes
     t0=$(date +%s.%N)
     "$WALCAST" --config "$WORK/walcast.toml" run >>"$WORK/walcast.log" 2>&1 &
     WALCAST_PID=$!
-    while :; do
-        # entries-added: every entry ever added (the stream is trimmed).
-        streamed=$(redis-cli -p "$RPORT" xinfo stream "walcast:{bench}:events" 2>/dev/null |
-            awk 'prev == "entries-added" {print; exit} {prev = $0}')
-        [ -n "$streamed" ] && [ "$streamed" -ge "$target" ] && break
-        sleep 0.02
-    done
+    # entries-added: every entry ever added (the stream is trimmed).
+    python3 bench/wait_until.py stream "$RPORT" "walcast:{bench}:events" "$target" "$WALCAST_PID"
     t1=$(date +%s.%N)
     pg_walcast=$(echo "$(pg_cpu) - $pg0" | bc -l)
     walcast_s=$(echo "$t1 - $t0" | bc -l)
