@@ -470,6 +470,55 @@ fn a_new_writer_fences_off_an_earlier_writers_connection() {
     assert_mixed_written(&mut con);
 }
 
+/// The writer's own connection speaks what the URL says, as redis-rs does
+/// for walcast's other connections: a Unix socket, a user and password,
+/// and a database other than 0.
+#[test]
+fn the_writer_follows_the_url_to_a_unix_socket_a_user_and_a_database() {
+    let redis = LocalRedis::start().expect("redis");
+    let mut con = redis_conn(&redis);
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("writer")
+        .arg("on")
+        .arg(">s3cret")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query(&mut con)
+        .unwrap();
+    let url = format!(
+        "redis+unix://{}?db=3&user=writer&pass=s3cret",
+        redis.socket_path().display()
+    );
+    let (sink, rt) = sink_at(&url, "[[mirror]]\ntable = \"jobs\"\nindex = [\"status\"]\n");
+    write_mixed(&sink, &rt);
+    assert!(
+        stream_events(&mut con, "acme").is_empty(),
+        "nothing in database 0"
+    );
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut con).unwrap();
+    assert_mixed_written(&mut con);
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("normal")
+        .query(&mut con)
+        .unwrap();
+    let writer = list
+        .lines()
+        .find(|l| l.contains("name=walcast-writer:"))
+        .unwrap_or_else(|| panic!("no writer connection in {list}"));
+    assert!(
+        writer.contains("user=writer") && writer.contains(" db=3 "),
+        "{writer}"
+    );
+    assert!(
+        writer.contains("addr=/") || writer.contains("laddr=/"),
+        "{writer}"
+    );
+}
+
 /// A Redis user that may not use CLIENT (no fence): every row goes through
 /// the script, and the result is the same.
 #[test]

@@ -1,6 +1,6 @@
-//! A throwaway redis-server: a child process on a free port on 127.0.0.1,
-//! without persistence, with its own temp dir for the log; killed and cleaned
-//! up on drop.
+//! A throwaway redis-server: a child process on a free port on 127.0.0.1
+//! (and a Unix socket in its temp dir), without persistence, with its own
+//! temp dir for the log; killed and cleaned up on drop.
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -92,6 +92,11 @@ impl LocalRedis {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The server's Unix socket, `<dir>/redis.sock` (owner only).
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
     /// The server's URL: `redis://127.0.0.1:{port}/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
@@ -142,6 +147,9 @@ impl LocalRedis {
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .arg("--unixsocket")
+            .arg(self.socket_path())
+            .args(["--unixsocketperm", "700"])
             .args(["--daemonize", "no", "--logfile"])
             .arg(&self.log)
             .current_dir(&self.dir)

@@ -28,9 +28,11 @@
 //! refuses, so one batch must never overtake another. The writer task
 //! therefore sends a batch only after the one before it was answered as
 //! written, on a connection of its own, and encodes the next batch while
-//! Redis runs the current one.
+//! Redis runs the current one. That connection is walcast's own (`resp`):
+//! a batch's commands are written straight into one buffer.
 
 mod keys;
+pub mod resp;
 
 pub use keys::{row_key, row_key_of, Keys};
 
@@ -41,8 +43,10 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
 use redis::{Cmd, RedisResult, Script, Value};
+use resp::Args;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::{EventSink, SinkError, SinkFuture};
@@ -156,7 +160,7 @@ impl RowOp<'_> {
 
 /// The script's arguments being written.
 struct Call<'a> {
-    cmd: Cmd,
+    cmd: Args,
     tables: Vec<&'a TablePlan>,
     /// Reused for values that are built before they are written.
     scratch: Vec<u8>,
@@ -176,7 +180,10 @@ enum Reply {
 /// One batch as a transaction: `MULTI`, the script, plain commands (the
 /// body); `EXEC` follows on its own.
 struct Batch {
-    pipe: redis::Pipeline,
+    /// The body's commands, encoded.
+    body: Bytes,
+    /// How many commands the body holds (`MULTI` included).
+    commands: usize,
     replies: Vec<Reply>,
     /// The newest event written (the next batch's order guard).
     newest: Option<EventId>,
@@ -226,14 +233,14 @@ impl Encoder {
     }
 
     /// Starts a script call: keys, header, the tables it touches.
-    /// `capacity`: about how many arguments and bytes the call will hold (a
-    /// command that grows as it is written is copied each time it does).
+    /// `capacity`: about how many bytes the call will hold (a command that
+    /// grows as it is written is copied each time it does).
     /// `eval`: the script's text (inside a transaction, where `NOSCRIPT`
     /// would not stop the commands after it) rather than its hash.
     #[allow(clippy::too_many_arguments)]
     fn begin<'a>(
         &'a self,
-        capacity: (usize, usize),
+        capacity: usize,
         tables: Vec<&'a TablePlan>,
         end_lsn: Option<Lsn>,
         epoch: &str,
@@ -245,7 +252,7 @@ impl Encoder {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
-        let mut cmd = Cmd::with_capacity(capacity.0, capacity.1);
+        let mut cmd = Args::with_capacity(capacity + SCRIPT_SOURCE.len());
         if eval {
             cmd.arg("EVAL").arg(SCRIPT_SOURCE);
         } else {
@@ -375,7 +382,7 @@ impl Encoder {
         let newest = events.last().map(|e| e.id);
         let script_bytes: usize = ops.iter().flatten().filter(|op| !goes_plain(op)).count() * 512;
         let mut call = self.begin(
-            (32 * events.len() + 32, script_bytes + 1024),
+            script_bytes + 1024,
             tables,
             end_lsn,
             epoch,
@@ -383,15 +390,18 @@ impl Encoder {
             newest,
             true,
         );
-        let mut plain: Vec<Cmd> = Vec::new();
+        // The plain commands, encoded; they follow the script call, which
+        // is complete only after the last event.
+        let mut plain: Vec<u8> = Vec::with_capacity(events.len() * 640);
         let mut replies = vec![Reply::Script];
+        let mut args = Args::with_capacity(512);
         let mut new_rows: Vec<NewRows> = (0..=call.tables.len())
             .map(|_| NewRows::default())
             .collect();
         let mut plain_count = 0;
         let mut times = self.config.stream_max_age.map(|_| {
-            let mut zadd = redis::cmd("ZADD");
-            zadd.arg(self.keys.stream_times()).arg("NX");
+            let mut zadd = Args::with_capacity(32 * events.len() + 64);
+            zadd.arg("ZADD").arg(self.keys.stream_times()).arg("NX");
             zadd
         });
         let stream = self.keys.events();
@@ -417,25 +427,24 @@ impl Encoder {
                     continue;
                 };
                 let plan = call.tables[*table - 1];
-                let write = match plan.rule.format {
+                args.clear();
+                match plan.rule.format {
                     MirrorFormat::Hash => {
-                        let mut hset = Cmd::with_capacity(4 + 2 * row.0.len(), 512);
-                        hset.arg("HSET").arg(key).arg("_event_id").arg(id);
+                        args.arg("HSET").arg(key).arg("_event_id").arg(id);
                         for (column, value) in &row.0 {
                             call.scratch.clear();
                             write_datum_json(&mut call.scratch, value);
-                            hset.arg(column.as_bytes()).arg(&call.scratch[..]);
+                            args.arg(column.as_bytes()).arg(&call.scratch[..]);
                         }
-                        hset
                     }
                     MirrorFormat::Json => {
-                        let mut set = redis::cmd("SET");
                         let id = String::from_utf8_lossy(id);
-                        set.arg(key).arg(row_json(row, &[("_event_id", &id)]));
-                        set
+                        args.arg("SET")
+                            .arg(key)
+                            .arg(row_json(row, &[("_event_id", &id)]));
                     }
-                };
-                plain.push(write);
+                }
+                args.write_to(&mut plain);
                 replies.push(Reply::Write);
                 let rows = &mut new_rows[*table];
                 let mut sets: Vec<u8> = Vec::new();
@@ -457,13 +466,25 @@ impl Encoder {
                 }
                 rows.rowindex.push((key.clone(), sets));
             }
-            let mut xadd = Cmd::with_capacity(6, event.encoded().len() + 128);
-            xadd.arg("XADD").arg(&stream);
-            if !epoch.is_empty() {
-                xadd.arg("NOMKSTREAM");
+            let encoded = event.encoded();
+            if epoch.is_empty() {
+                resp::command(
+                    &mut plain,
+                    &[b"XADD", stream.as_bytes(), id, b"event", &encoded[..]],
+                );
+            } else {
+                resp::command(
+                    &mut plain,
+                    &[
+                        b"XADD",
+                        stream.as_bytes(),
+                        b"NOMKSTREAM",
+                        id,
+                        b"event",
+                        &encoded[..],
+                    ],
+                );
             }
-            xadd.arg(id).arg("event").arg(&event.encoded()[..]);
-            plain.push(xadd);
             replies.push(Reply::Xadd);
             if let Some(zadd) = times.as_mut() {
                 zadd.arg(
@@ -480,42 +501,42 @@ impl Encoder {
                 continue;
             }
             let plan = call.tables[table - 1];
-            let mut hset = redis::cmd("HSET");
-            hset.arg(&plan.rowindex);
+            args.clear();
+            args.arg("HSET").arg(&plan.rowindex);
             for (key, sets) in &rows.rowindex {
-                hset.arg(key).arg(&sets[..]);
+                args.arg(key).arg(&sets[..]);
             }
-            plain.push(hset);
+            args.write_to(&mut plain);
             replies.push(Reply::Write);
             if !rows.members.is_empty() {
-                let mut registry = redis::cmd("SADD");
-                registry.arg(&plan.idxsets);
+                let mut registry = Args::with_capacity(256);
+                registry.arg("SADD").arg(&plan.idxsets);
                 for (set, members) in &rows.members {
                     registry.arg(&set[..]);
-                    let mut sadd = redis::cmd("SADD");
-                    sadd.arg(&set[..]).arg(members);
-                    plain.push(sadd);
+                    args.clear();
+                    args.arg("SADD").arg(&set[..]).arg(members);
+                    args.write_to(&mut plain);
                     replies.push(Reply::Write);
                 }
-                plain.push(registry);
+                registry.write_to(&mut plain);
                 replies.push(Reply::Write);
             }
         }
         if let Some(zadd) = times {
             if !events.is_empty() {
-                plain.push(zadd);
+                zadd.write_to(&mut plain);
                 replies.push(Reply::Write);
             }
         }
         // The script runs first: its guards come before the plain writes.
         // EXEC is sent on its own (see write_batches).
-        let mut pipe = redis::pipe();
-        pipe.add_command(redis::cmd("MULTI")).add_command(call.cmd);
-        for cmd in plain {
-            pipe.add_command(cmd);
-        }
+        let mut body = Vec::with_capacity(plain.len() + call.cmd.len() + 64);
+        resp::command(&mut body, &[b"MULTI"]);
+        call.cmd.write_to(&mut body);
+        body.extend_from_slice(&plain);
         Batch {
-            pipe,
+            body: body.into(),
+            commands: replies.len() + 1,
             replies,
             newest,
             plain_rows: plain_count,
@@ -751,21 +772,21 @@ impl Encoder {
     fn judge_batch(
         &self,
         batch: &Batch,
-        queued: RedisResult<Vec<Value>>,
-        result: RedisResult<Value>,
+        queued: RedisResult<Vec<resp::Reply>>,
+        result: RedisResult<resp::Reply>,
         started: Instant,
     ) -> Verdict {
         // A command Redis would not queue (out of memory, too few replicas)
         // made EXEC discard the transaction: its own error says why.
         if let Ok(queued) = &queued {
-            if let Some(Value::ServerError(error)) =
-                queued.iter().find(|v| matches!(v, Value::ServerError(_)))
+            if let Some(resp::Reply::Error(error)) =
+                queued.iter().find(|v| matches!(v, resp::Reply::Error(_)))
             {
-                return self.judge(Err(error.clone().into()), started);
+                return self.judge(Err(resp::server_error(error)), started);
             }
         }
         let replies = match result.and_then(|exec| queued.map(|_| exec)) {
-            Ok(Value::Array(replies)) if replies.len() == batch.replies.len() => replies,
+            Ok(resp::Reply::Array(replies)) if replies.len() == batch.replies.len() => replies,
             Ok(other) => {
                 return self.judge(
                     Err(redis::RedisError::from((
@@ -779,31 +800,23 @@ impl Encoder {
             Err(error) => return self.judge(Err(error), started),
         };
         // The script's verdict first: a lost epoch explains the rest.
-        let script = replies
-            .first()
-            .cloned()
-            .map(Value::extract_error)
-            .unwrap_or(Ok(Value::Nil));
-        if script.is_err() {
-            return self.judge(script, started);
+        if let Some(resp::Reply::Error(error)) = replies.first() {
+            return self.judge(Err(resp::server_error(error)), started);
         }
         for (reply, kind) in replies.into_iter().zip(&batch.replies) {
             match (kind, reply) {
                 // The stream is gone while the epoch marker is there (deleted
                 // or evicted): events would silently go nowhere.
-                (Reply::Xadd, Value::Nil) => {
+                (Reply::Xadd, resp::Reply::Nil) => {
                     tracing::error!(tenant = %self.tenant, stream = %self.keys.events(), "the event stream is gone from redis while its epoch marker is there; re-snapshotting");
                     return Verdict::Failed(SinkError::Lost);
                 }
                 // In the stream already: a command of an earlier writer ran
                 // after this session read the watermark (its script guarded
                 // the rows).
-                (Reply::Xadd, Value::ServerError(error))
-                    if error
-                        .details()
-                        .is_some_and(|d| d.contains("equal or smaller")) => {}
-                (_, Value::ServerError(error)) => {
-                    return self.judge(Err(error.into()), started);
+                (Reply::Xadd, resp::Reply::Error(error)) if error.contains("equal or smaller") => {}
+                (_, resp::Reply::Error(error)) => {
+                    return self.judge(Err(resp::server_error(&error)), started);
                 }
                 _ => {}
             }
@@ -842,7 +855,7 @@ struct Job {
 
 /// The writer's own connection, and what it learnt when it was opened.
 struct Session {
-    conn: MultiplexedConnection,
+    conn: resp::Connection,
     /// Every other writer connection of this tenant was closed before this
     /// one wrote: nothing an earlier writer sent can run from now on, so the
     /// watermark read below stays true and new rows may go as plain
@@ -858,14 +871,14 @@ struct Session {
 /// of this tenant's writer (an earlier process's, or this one's before a
 /// timeout), then reads the watermark.
 async fn open_session(encoder: &Encoder, client: &redis::Client) -> RedisResult<Session> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(encoder.config.connect_timeout))
-        .set_response_timeout(Some(encoder.config.command_timeout));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
+    let conn = resp::Connection::open(
+        client.get_connection_info(),
+        encoder.config.connect_timeout,
+        encoder.config.command_timeout,
+    )
+    .await?;
     let name = format!("walcast-writer:{}", encoder.keys.events());
-    let fenced = match fence(&mut conn, &name).await {
+    let fenced = match fence(&conn, &name).await {
         Ok(0) => true,
         Ok(closed) => {
             tracing::info!(tenant = %encoder.tenant, closed, "closed connections of an earlier redis writer of this tenant");
@@ -877,44 +890,53 @@ async fn open_session(encoder: &Encoder, client: &redis::Client) -> RedisResult<
             false
         }
     };
-    let applied: Option<String> = redis::cmd("HGET")
-        .arg(encoder.keys.applied())
-        .arg("event_id")
-        .query_async(&mut conn)
-        .await?;
+    let applied = match conn
+        .query(&[b"HGET", encoder.keys.applied().as_bytes(), b"event_id"])
+        .await?
+    {
+        resp::Reply::Bulk(id) => std::str::from_utf8(&id).ok().and_then(|id| id.parse().ok()),
+        _ => None,
+    };
     Ok(Session {
         conn,
         fenced,
-        applied: applied.and_then(|id| id.parse().ok()),
+        applied,
         newest: None,
     })
 }
 
 /// Names this connection `name` and closes the others of that name: once
 /// `CLIENT KILL` returned, nothing they sent can still run. Returns how many.
-async fn fence(conn: &mut MultiplexedConnection, name: &str) -> RedisResult<usize> {
-    let own: i64 = redis::cmd("CLIENT").arg("ID").query_async(conn).await?;
-    redis::cmd("CLIENT")
-        .arg("SETNAME")
-        .arg(name)
-        .query_async::<()>(conn)
+async fn fence(conn: &resp::Connection, name: &str) -> RedisResult<usize> {
+    let unexpected = |what: &str, reply: resp::Reply| {
+        redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "unexpected answer from redis",
+            format!("{what}: {reply:?}"),
+        ))
+    };
+    let own = match conn.query(&[b"CLIENT", b"ID"]).await? {
+        resp::Reply::Int(id) => id,
+        other => return Err(unexpected("CLIENT ID", other)),
+    };
+    conn.query(&[b"CLIENT", b"SETNAME", name.as_bytes()])
         .await?;
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .arg("TYPE")
-        .arg("normal")
-        .query_async(conn)
-        .await?;
+    let list = match conn
+        .query(&[b"CLIENT", b"LIST", b"TYPE", b"normal"])
+        .await?
+    {
+        resp::Reply::Bulk(list) => String::from_utf8_lossy(&list).into_owned(),
+        other => return Err(unexpected("CLIENT LIST", other)),
+    };
     let mut closed = 0;
     for id in stale_writers(&list, name, own) {
         // 0: it went away meanwhile.
-        let n: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("ID")
-            .arg(id)
-            .query_async(conn)
-            .await?;
-        closed += n as usize;
+        if let resp::Reply::Int(n) = conn
+            .query(&[b"CLIENT", b"KILL", b"ID", id.to_string().as_bytes()])
+            .await?
+        {
+            closed += n.max(0) as usize;
+        }
     }
     Ok(closed)
 }
@@ -946,16 +968,22 @@ struct Queued {
     /// the writer sees the answer of the batch before at once; gives the
     /// batch and the answers to its body: `OK`, then `QUEUED` or an error
     /// per command.
-    task: tokio::task::JoinHandle<(Arc<Batch>, RedisResult<Vec<Value>>)>,
+    task: tokio::task::JoinHandle<(Arc<Batch>, RedisResult<Vec<resp::Reply>>)>,
     /// The session it was sent on (`generation`): on another session (after
     /// a reconnect) it is encoded and sent again.
     generation: u64,
 }
 
 /// Sends a batch's body: `MULTI` and its commands.
-async fn send_body(mut conn: MultiplexedConnection, batch: &Batch) -> RedisResult<Vec<Value>> {
-    conn.send_packed_commands(&batch.pipe, 0, batch.pipe.len())
-        .await
+async fn send_body(conn: resp::Connection, batch: &Batch) -> RedisResult<Vec<resp::Reply>> {
+    conn.send(vec![batch.body.clone()], batch.commands).await
+}
+
+/// `EXEC`, encoded.
+fn exec_command() -> Bytes {
+    let mut exec = Vec::with_capacity(16);
+    resp::command(&mut exec, &[b"EXEC"]);
+    exec.into()
 }
 
 /// The writer task: sends the batches one transaction at a time, in order,
@@ -1021,7 +1049,7 @@ async fn write_batches(
             };
             let started = Instant::now();
             // The answers to the body (`OK`, `QUEUED`…) and to EXEC.
-            type Answers = (RedisResult<Vec<Value>>, RedisResult<Value>);
+            type Answers = (RedisResult<Vec<resp::Reply>>, RedisResult<resp::Reply>);
             let (batch, request): (Arc<Batch>, Pin<Box<dyn Future<Output = Answers> + Send>>) =
                 match queued.take() {
                     Some(queued) => {
@@ -1040,9 +1068,12 @@ async fn write_batches(
                                 continue;
                             }
                         }
-                        let mut conn = current.conn.clone();
+                        let conn = current.conn.clone();
                         let exec = async move {
-                            let exec = conn.send_packed_command(&redis::cmd("EXEC")).await;
+                            let exec = conn
+                                .send(vec![exec_command()], 1)
+                                .await
+                                .map(|mut replies| replies.pop().unwrap_or(resp::Reply::Nil));
                             (body, exec)
                         };
                         (batch, Box::pin(exec))
@@ -1062,16 +1093,13 @@ async fn write_batches(
                         }
                         // Nothing before it is in flight: body and EXEC together,
                         // one round trip.
-                        let mut whole = redis::pipe();
-                        for cmd in batch.pipe.cmd_iter() {
-                            whole.add_command(cmd.clone());
-                        }
-                        whole.add_command(redis::cmd("EXEC"));
-                        let mut conn = current.conn.clone();
+                        let whole = vec![batch.body.clone(), exec_command()];
+                        let replies = batch.commands + 1;
+                        let conn = current.conn.clone();
                         let exec = async move {
-                            match conn.send_packed_commands(&whole, 0, whole.len()).await {
+                            match conn.send(whole, replies).await {
                                 Ok(mut answers) => {
-                                    let exec = answers.pop().unwrap_or(Value::Nil);
+                                    let exec = answers.pop().unwrap_or(resp::Reply::Nil);
                                     (Ok(answers), Ok(exec))
                                 }
                                 Err(error) => (Ok(Vec::new()), Err(error)),
@@ -1293,7 +1321,7 @@ impl RedisSink {
         }
         let encoder = &self.encoder;
         let mut call = encoder.begin(
-            (64, 1024),
+            1024,
             encoder.tables.values().collect(),
             None,
             "",
@@ -1304,7 +1332,7 @@ impl RedisSink {
         for t in 1..=call.tables.len() {
             encoder.push_unguarded(&mut call, &[RowOp::Truncate { table: t }]);
         }
-        encoder.send(&self.conn, &call.cmd).await
+        encoder.send(&self.conn, &call.cmd.to_cmd()).await
     }
 
     /// Removes the rows a version before the `rowindex` hash wrote (listed
@@ -1362,7 +1390,7 @@ impl RedisSink {
             return Ok(());
         };
         let mut call = encoder.begin(
-            (32 * rows.len() + 32, 512 * rows.len() + 1024),
+            512 * rows.len() + 1024,
             vec![plan],
             None,
             "",
@@ -1388,7 +1416,7 @@ impl RedisSink {
             };
             encoder.push_unguarded(&mut call, &[op]);
         }
-        encoder.send(&self.conn, &call.cmd).await
+        encoder.send(&self.conn, &call.cmd.to_cmd()).await
     }
 
     /// Ends a snapshot taken at `consistent_point`: writes a new epoch marker
@@ -1821,19 +1849,20 @@ mod tests {
     }
 
     fn commands(batch: &Batch) -> Vec<String> {
-        batch
-            .pipe
-            .cmd_iter()
-            .map(|cmd| {
-                cmd.args_iter()
-                    .next()
-                    .map(|arg| match arg {
-                        redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-                        _ => String::new(),
-                    })
-                    .unwrap_or_default()
-            })
-            .collect()
+        let mut names = Vec::new();
+        let mut at = 0;
+        while let Some((command, used)) = resp::parse(&batch.body[at..]).unwrap() {
+            at += used;
+            let resp::Reply::Array(args) = command else {
+                panic!("a command is an array: {command:?}");
+            };
+            let Some(resp::Reply::Bulk(name)) = args.first() else {
+                panic!("a command starts with its name: {args:?}");
+            };
+            names.push(String::from_utf8_lossy(name).into_owned());
+        }
+        assert_eq!(at, batch.body.len(), "the body is whole commands");
+        names
     }
 
     /// A new row goes as plain commands only when nothing else in the batch
@@ -1867,10 +1896,11 @@ mod tests {
             ]
         );
         assert_eq!(
-            batch.pipe.len(),
+            batch.commands,
             batch.replies.len() + 1,
             "MULTI has no reply slot in EXEC"
         );
+        assert_eq!(commands(&batch).len(), batch.commands);
         assert_eq!(batch.newest, Some(events[2].id));
 
         // Without the fence every row goes through the script.
