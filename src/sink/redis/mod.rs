@@ -79,7 +79,13 @@ pub type OnDurable = Arc<dyn Fn(&[ChangeEvent]) + Send + Sync>;
 /// A client for the configured URL whose TCP connections send at once
 /// (TCP_NODELAY; redis-rs leaves Nagle's algorithm on, which holds a small
 /// request back while earlier bytes are unacknowledged).
+///
+/// Also makes aws-lc-rs the process's TLS crypto provider: two crates in the
+/// tree enable rustls's `ring` and `aws-lc-rs` features both, and rustls then
+/// cannot pick one for redis-rs's `rediss://` connections (it panicked).
 pub fn client(config: &RedisConfig) -> RedisResult<redis::Client> {
+    // Err: a provider is installed already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())?;
     let tcp = info.tcp_settings().clone().set_nodelay(true);
     redis::Client::open(info.set_tcp_settings(tcp))
