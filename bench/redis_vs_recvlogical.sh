@@ -4,7 +4,8 @@
 # until it has written the last change to a file), on the same WAL:
 #   (a) 200,000 single-row transactions, (b) one 1,000,000-row transaction.
 # Prints, per workload: both elapsed times, their ratio (target <= 1.25),
-# changes/s, and walcast's CPU seconds and peak RSS.
+# changes/s, and walcast's CPU seconds and peak RSS; Postgres's and
+# redis-server's CPU, and the VM's steal time, during each reader's run.
 #
 # Usage: bash bench/redis_vs_recvlogical.sh [SINGLE_TXNS] [BIG_TXN_ROWS]
 # Needs the PostgreSQL server binaries, pg_recvlogical, pgbench, redis-server,
@@ -80,6 +81,11 @@ pg_cpu() {
     done
     echo "$total / $(getconf CLK_TCK)" | bc -l
 }
+# CPU time the hypervisor gave to other guests while this one wanted it
+# (steal, all CPUs, /proc/stat), in seconds: on a shared VM it shows when a
+# run was slowed from outside.
+steal() { awk '/^cpu / {print $9}' /proc/stat; }
+steal_s() { echo "($(steal) - $1) / $(getconf CLK_TCK)" | bc -l; }
 measure() { # $1: workload name, $2: number of changes
     local name=$1 changes=$2 marker
     # Both readers stop at a logical message committed after the workload.
@@ -95,6 +101,8 @@ measure() { # $1: workload name, $2: number of changes
     local t0 t1 recv_s walcast_s recv_pid pg0 pg_recv pg_walcast
     rm -f "$WORK/recv.out"
     pg0=$(pg_cpu)
+    local steal0 recv_steal walcast_steal
+    steal0=$(steal)
     t0=$(date +%s.%N)
     "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -S bench_recv --start \
         -o proto_version=1 -o publication_names=walcast_bench -o messages=true -F 0 -f "$WORK/recv.out" 2>>"$WORK/recv.log" &
@@ -102,6 +110,7 @@ measure() { # $1: workload name, $2: number of changes
     python3 bench/wait_until.py file "$WORK/recv.out" "$marker" "$recv_pid"
     t1=$(date +%s.%N)
     pg_recv=$(echo "$(pg_cpu) - $pg0" | bc -l)
+    recv_steal=$(steal_s "$steal0")
     kill -INT "$recv_pid"; wait "$recv_pid" 2>/dev/null || true
     recv_s=$(echo "$t1 - $t0" | bc -l)
     # Stopped by a signal, pg_recvlogical may not have confirmed all it
@@ -118,6 +127,7 @@ measure() { # $1: workload name, $2: number of changes
     local redis_cpu0 redis_cpu1
     redis_cpu0=$(redis-cli -p "$RPORT" info cpu | awk -F: '/^used_cpu_(sys|user):/ {t += $2} END {print t}')
     pg0=$(pg_cpu)
+    steal0=$(steal)
     t0=$(date +%s.%N)
     "$WALCAST" --config "$WORK/walcast.toml" run >>"$WORK/walcast.log" 2>&1 &
     WALCAST_PID=$!
@@ -125,6 +135,7 @@ measure() { # $1: workload name, $2: number of changes
     python3 bench/wait_until.py stream "$RPORT" "walcast:{bench}:events" "$target" "$WALCAST_PID"
     t1=$(date +%s.%N)
     pg_walcast=$(echo "$(pg_cpu) - $pg0" | bc -l)
+    walcast_steal=$(steal_s "$steal0")
     walcast_s=$(echo "$t1 - $t0" | bc -l)
     redis_cpu1=$(redis-cli -p "$RPORT" info cpu | awk -F: '/^used_cpu_(sys|user):/ {t += $2} END {print t}')
     local stat hwm cpu
@@ -133,12 +144,12 @@ measure() { # $1: workload name, $2: number of changes
     cpu=$(echo "(${stat[0]} + ${stat[1]}) / $(getconf CLK_TCK)" | bc -l)
     kill -INT "$WALCAST_PID"; wait "$WALCAST_PID" || true; WALCAST_PID=
     printf '%s: %d changes\n' "$name" "$changes"
-    printf '  pg_recvlogical to a file:    %.2f s (%.0f changes/s), postgres cpu %.2f s\n' \
-        "$recv_s" "$(echo "$changes / $recv_s" | bc -l)" "$pg_recv"
+    printf '  pg_recvlogical to a file:    %.2f s (%.0f changes/s), postgres cpu %.2f s, steal %.2f s\n' \
+        "$recv_s" "$(echo "$changes / $recv_s" | bc -l)" "$pg_recv" "$recv_steal"
     printf '  walcast into redis:          %.2f s (%.0f changes/s), cpu %.2f s, peak rss %d MiB\n' \
         "$walcast_s" "$(echo "$changes / $walcast_s" | bc -l)" "$cpu" "$((hwm / 1024))"
-    printf '  redis-server cpu meanwhile:   %.2f s, postgres cpu %.2f s\n' \
-        "$(echo "$redis_cpu1 - $redis_cpu0" | bc -l)" "$pg_walcast"
+    printf '  redis-server cpu meanwhile:   %.2f s, postgres cpu %.2f s, steal %.2f s\n' \
+        "$(echo "$redis_cpu1 - $redis_cpu0" | bc -l)" "$pg_walcast" "$walcast_steal"
     printf '  ratio walcast / pg_recvlogical: %.2f (target <= 1.25)\n' "$(echo "$walcast_s / $recv_s" | bc -l)"
 }
 
