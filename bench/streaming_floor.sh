@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# How fast Postgres sends one 1,000,000-row transaction to pg_recvlogical
+# with pgoutput proto_version 1 (the whole transaction decoded, spilled to
+# disk, then sent at its commit: what walcast asks for) and with
+# proto_version 2, streaming on (sent while it is decoded): same WAL, two
+# slots each, alternating. Each run ends when a message committed after the
+# transaction has arrived. (docs/benchmarks.md, "Fifth session")
+#
+# Usage: bash bench/streaming_floor.sh [ROWS]
+# Needs the PostgreSQL server binaries, pg_recvlogical, python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS=${1:-1000000}
+
+BIN=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+RUNAS=()
+[ "$(id -u)" = 0 ] && RUNAS=(runuser -u postgres --)
+WORK=$(mktemp -d /tmp/walcast-streaming.XXXXXX)
+chmod 755 "$WORK"
+[ "$(id -u)" = 0 ] && chown postgres "$WORK"
+PGPORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+cleanup() {
+    "${RUNAS[@]}" "$BIN/pg_ctl" -D "$WORK/data" stop -m immediate >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+"${RUNAS[@]}" "$BIN/initdb" -D "$WORK/data" -U postgres --auth=trust --no-sync >/dev/null
+"${RUNAS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w -o \
+    "-c port=$PGPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$WORK -c wal_level=logical -c fsync=off -c synchronous_commit=off -c max_wal_size=4GB -c shared_buffers=512MB" \
+    start >/dev/null
+PSQL=("$BIN/psql" -X -q -At -h "$WORK" -p "$PGPORT" -U postgres -d postgres)
+"${PSQL[@]}" -c "create table tasks (id bigint primary key, status text not null, progress float8, payload jsonb, updated_at timestamptz, owner uuid, tags text[])"
+"${PSQL[@]}" -c "create publication bench for table tasks"
+SLOTS=(v1a v2a v1b v2b)
+for slot in "${SLOTS[@]}"; do
+    "${PSQL[@]}" -c "select pg_create_logical_replication_slot('$slot', 'pgoutput')" >/dev/null
+done
+"${PSQL[@]}" -c "insert into tasks select 2000000000000 + g, (array['queued','running','succeeded','failed'])[1 + g % 4], g / $ROWS.0,
+  jsonb_build_object('step', 'build', 'n', g), now(), gen_random_uuid(), '{bulk}' from generate_series(1, $ROWS) g"
+marker="walcast-streaming-end-$RANDOM$RANDOM"
+"${PSQL[@]}" -c "select pg_logical_emit_message(true, 'walcast-bench', '$marker')" >/dev/null
+for slot in "${SLOTS[@]}"; do
+    case $slot in
+        v1*) opts=(-o proto_version=1) ;;
+        v2*) opts=(-o proto_version=2 -o streaming=on) ;;
+    esac
+    rm -f "$WORK/out"
+    t0=$(date +%s.%N)
+    "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -S "$slot" --start "${opts[@]}" \
+        -o publication_names=bench -o messages=true -F 0 -f "$WORK/out" 2>>"$WORK/recv.log" &
+    pid=$!
+    python3 bench/wait_until.py file "$WORK/out" "$marker" "$pid"
+    t1=$(date +%s.%N)
+    kill -INT "$pid"
+    wait "$pid" 2>/dev/null || true
+    printf '%s (%s): %.2f s\n' "$slot" "${opts[*]}" "$(echo "$t1 - $t0" | bc -l)"
+done
