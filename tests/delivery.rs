@@ -338,7 +338,7 @@ fn filters_auth_isolation_resume_and_state() {
         &[("acme", &acme), ("globex", &globex)],
     );
     let mut walcast = Walcast::spawn(&config, &["run"]);
-    walcast.wait_log("streaming", 2);
+    walcast.wait_log("streaming tenant=", 2);
     let base = format!("http://127.0.0.1:{port}");
     let op = operator("acme");
 
@@ -603,7 +603,7 @@ fn filters_auth_isolation_resume_and_state() {
     assert!(status.success());
     acme.sql("insert into tasks (id, status) values (12, 'queued');");
     walcast = Walcast::spawn(&config, &["run"]);
-    walcast.wait_log("streaming", 2);
+    walcast.wait_log("streaming tenant=", 2);
     let mut ws3 = ws_connect(port, "acme", &op);
     ws_subscribe(
         &mut ws3,
@@ -683,7 +683,7 @@ fn without_redis_slow_clients_expiry_shutdown_and_a_thousand_subscribers() {
         );
     std::fs::write(&config, text).unwrap();
     let walcast = Walcast::spawn(&config, &["run"]);
-    walcast.wait_log("streaming", 1);
+    walcast.wait_log("streaming tenant=", 1);
     let base = format!("http://127.0.0.1:{port}");
     let op = operator("acme");
 

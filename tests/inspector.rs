@@ -149,7 +149,7 @@ fn inspector_shows_committed_rows_live() {
         ),
     );
     let walcast = Walcast::spawn(&config, &["run"]);
-    walcast.wait_log("streaming", 1);
+    walcast.wait_log("streaming tenant=", 1);
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &json!({"tenant": "acme", "role": "operator", "exp": walcast::model::now_unix() + 600}),

@@ -43,7 +43,7 @@ fn health_readiness_and_metrics() {
         ),
     );
     let walcast = Walcast::spawn(&config, &["run"]);
-    walcast.wait_log("streaming", 2);
+    walcast.wait_log("streaming tenant=", 2);
     let base = format!("http://127.0.0.1:{port}");
 
     let (code, body) = get(&format!("{base}/healthz"));

@@ -335,7 +335,7 @@ fn mirror_and_stream_follow_a_random_workload_of_two_tenants() {
     let dir = TempDir::new("redis-mirror");
     let config = config(&redis, &[&acme, &globex], &dir);
     let walcast = Walcast::spawn(&config, &["run"]);
-    walcast.wait_log("streaming", 2);
+    walcast.wait_log("streaming tenant=", 2);
     let mut con = redis_conn(&redis);
     let snapshot: Vec<(String, String)> = redis::cmd("HGETALL")
         .arg("walcast:{acme}:row:public.jobs:1000")
@@ -380,7 +380,7 @@ fn kill_9_five_times_loses_nothing_and_doubles_nothing() {
     let dir = TempDir::new("redis-kill");
     let config = config(&redis, &[&acme], &dir);
     let mut walcast = Walcast::spawn(&config, &["run"]);
-    walcast.wait_log("streaming", 1);
+    walcast.wait_log("streaming tenant=", 1);
     let work = run_workload(&acme, 3, 400, Duration::from_millis(5));
     let mut rng = Rng(99);
     for round in 0..5 {
@@ -408,7 +408,7 @@ fn flushall_rebuilds_the_mirror_and_a_paused_redis_loses_nothing() {
     let dir = TempDir::new("redis-flush");
     let config = config(&redis, &[&acme], &dir);
     let walcast = Walcast::spawn(&config, &["run"]);
-    walcast.wait_log("streaming", 1);
+    walcast.wait_log("streaming tenant=", 1);
     let mut con = redis_conn(&redis);
 
     // Redis unreachable for 10 s under load: replication waits, nothing is lost.
@@ -494,7 +494,7 @@ fn resync_rebuilds_the_mirror_offline_and_online() {
 
     // Online: a row changed behind walcast's back is repaired by resync.
     let walcast = Walcast::spawn(&config, &["run"]);
-    walcast.wait_log("streaming", 1);
+    walcast.wait_log("streaming tenant=", 1);
     let _: () = redis::cmd("DEL")
         .arg("walcast:{acme}:row:public.jobs:1")
         .query(&mut con)
@@ -527,7 +527,7 @@ fn a_large_transaction_cut_off_midway_is_completed_exactly_once() {
     let dir = TempDir::new("redis-cutoff");
     let config = config(&redis, &[&acme], &dir);
     let walcast = Walcast::spawn(&config, &["run"]);
-    walcast.wait_log("streaming", 1);
+    walcast.wait_log("streaming tenant=", 1);
     let mut con = redis_conn(&redis);
     const ROWS: i64 = 100_000;
     // Rows wide enough that the transaction cannot sit whole in socket and
@@ -605,7 +605,7 @@ fn unchanged_toast_columns_are_filled_from_the_mirror() {
         ),
     );
     let walcast = Walcast::spawn(&config, &["run"]);
-    walcast.wait_log("streaming", 1);
+    walcast.wait_log("streaming tenant=", 1);
     // Stored out of line (storage external, 8 kB): an update of another
     // column does not send it.
     acme.db

@@ -34,7 +34,7 @@ fn reload_adds_and_removes_tenants_without_disturbing_the_others() {
         ),
     );
     let walcast = Walcast::spawn(&config, &["run"]);
-    walcast.wait_log("streaming", 2);
+    walcast.wait_log("streaming tenant=", 2);
 
     // globex goes, initech comes, acme stays as it is.
     dir.write(
@@ -47,7 +47,7 @@ fn reload_adds_and_removes_tenants_without_disturbing_the_others() {
     );
     hup(&walcast);
     walcast.wait_log("reload done", 1);
-    walcast.wait_log("streaming", 3);
+    walcast.wait_log("streaming tenant=", 3);
     let log = walcast.stderr();
     assert!(
         log.contains("reload: tenant removed; stopping it") && log.contains("tenant=globex"),

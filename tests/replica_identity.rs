@@ -231,7 +231,7 @@ fn partitioned_tables_with_and_without_publish_via_partition_root() {
         ],
     );
     let run = Walcast::spawn(&config, &["run"]);
-    run.wait_log("streaming", 2);
+    run.wait_log("streaming tenant=", 2);
     // Both publications cover the partitioned table (pg_publication_tables
     // lists only the partitions of `leaves`).
     let (_, stdout, _) = walcast_output(&config, &["check"]);

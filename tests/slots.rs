@@ -85,7 +85,7 @@ fn an_invalidated_slot_is_reported_with_the_way_back() {
     let (status, _, _) = walcast_output(&config, &["slots", "--tenant", "acme", "--drop", "--yes"]);
     assert!(status.success());
     let tail = Walcast::spawn(&config, &["tail", "--tenant", "acme"]);
-    tail.wait_log("streaming", 1);
+    tail.wait_log("streaming tenant=", 1);
     db.sql("insert into tasks (id, status) values (-1, 'after')");
     assert_eq!(tail.events(1)[0]["new"]["status"], "after");
     let (status, _, _) = tail.interrupt();

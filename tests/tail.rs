@@ -39,7 +39,7 @@ fn tail_prints_exact_typed_values() {
     let dir = TempDir::new("tail-types");
     let config = config_for(&db, &dir, "\"public.typed\"");
     let tail = Walcast::spawn(&config, &["tail", "--tenant", "acme"]);
-    tail.wait_log("streaming", 1);
+    tail.wait_log("streaming tenant=", 1);
     db.sql(
         "insert into typed values (1, -32768, 2147483647, 9223372036854775807,
            1.5, 0.1, 'NaN', '-Infinity',
@@ -78,7 +78,7 @@ fn permanent_slot_acknowledges_what_was_printed() {
         &config,
         &["tail", "--tenant", "acme", "--table", "public.tasks"],
     );
-    tail.wait_log("streaming", 1);
+    tail.wait_log("streaming tenant=", 1);
     db.sql("insert into tasks (id, status) values (1, 'queued')");
     db.sql("insert into environments values (1, 'not printed: filtered out', true)");
     db.sql("insert into tasks (id, status) values (2, 'queued')");
@@ -127,7 +127,7 @@ fn temporary_slot_leaves_nothing_behind() {
 
     db.sql("create publication walcast_acme for table tasks");
     let tail = Walcast::spawn(&config, &["tail", "--tenant", "acme", "--temporary-slot"]);
-    tail.wait_log("streaming", 1);
+    tail.wait_log("streaming tenant=", 1);
     assert_eq!(
         db.sql("select count(*) from pg_replication_slots where temporary")
             .trim(),
@@ -154,7 +154,7 @@ fn an_idle_slot_does_not_pin_wal() {
     let dir = TempDir::new("tail-idle");
     let config = config_for(&db, &dir, "\"public.tasks\"");
     let tail = Walcast::spawn(&config, &["tail", "--tenant", "acme"]);
-    tail.wait_log("streaming", 1);
+    tail.wait_log("streaming tenant=", 1);
     // Only a table walcast does not stream changes: nothing to print, but
     // the slot's confirmed position must follow the WAL.
     db.sql("insert into other select g, repeat('x', 1000) from generate_series(1, 20000) g");

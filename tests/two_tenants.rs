@@ -46,7 +46,7 @@ fn two_tenants_stream_independently_and_survive_an_outage() {
         ),
     );
     let walcast = Walcast::spawn(&config, &["run"]);
-    walcast.wait_log("streaming", 2);
+    walcast.wait_log("streaming tenant=", 2);
 
     acme.sql(
         "begin; insert into tasks values (1, 'queued', 0.25, '{\"step\": \"build\", \"n\": [1, 2]}', '{a,\"b c\",NULL}', '2026-11-28 03:14:02.123456+00', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11');

@@ -493,7 +493,7 @@ fn every_type_in_text_and_binary_mode() {
         ],
     );
     let run = Walcast::spawn(&config, &["run"]);
-    run.wait_log("streaming", 2);
+    run.wait_log("streaming tenant=", 2);
     let literals: Vec<&str> = cases.iter().map(|c| c.1).collect();
     db.sql(&format!(
         "insert into typed values (1, {})",

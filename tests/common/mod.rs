@@ -143,7 +143,11 @@ impl Walcast {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// Waits until stderr contains `text` `count` times.
+    /// Waits until stderr contains `text` `count` times. To wait for tenants
+    /// to stream, count `"streaming tenant="`: the line each logs when it
+    /// starts streaming. (A bare "streaming" also matches a tenant's
+    /// "snapshot complete; streaming from …", so two such lines of one
+    /// tenant could pass for two tenants.)
     pub fn wait_log(&self, text: &str, count: usize) {
         let deadline = Instant::now() + WAIT;
         while self.stderr().matches(text).count() < count {
@@ -330,7 +334,7 @@ pub fn config_file(dir: &TempDir, db: &TenantDb, tenants: &[(&str, &str, &str)])
 pub fn tail(db: &TenantDb, dir: &TempDir, tables: &str, extra: &str) -> Walcast {
     let config = config_file(dir, db, &[("acme", tables, extra)]);
     let tail = Walcast::spawn(&config, &["tail", "--tenant", "acme"]);
-    tail.wait_log("streaming", 1);
+    tail.wait_log("streaming tenant=", 1);
     tail
 }
 
