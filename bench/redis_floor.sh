@@ -8,9 +8,18 @@
 # costs Redis more (each argument becomes a Lua string, hashed byte by
 # byte in Redis 7's Lua, then a Redis object again).
 #
-# Usage: bash bench/redis_floor.sh [ROWS]   (default 1000000)
+# With --multi the commands come as walcast's writer sends them: MULTI, then
+# per 500 events their XADDs (NOMKSTREAM) and new rows' HSETs, one row-index
+# HSET and one SADD per index set, then EXEC (without the script call).
+#
+# Usage: bash bench/redis_floor.sh [--multi] [ROWS]   (default 1000000)
 # Prints redis-server's CPU seconds and the wall time of redis-cli --pipe.
 set -euo pipefail
+MULTI=0
+if [ "${1:-}" = --multi ]; then
+    MULTI=1
+    shift
+fi
 ROWS=${1:-1000000}
 WORK=$(mktemp -d /tmp/walcast-redis-floor.XXXXXX)
 PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
@@ -20,17 +29,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
-python3 - "$ROWS" "$WORK/cmds.resp" <<'PY'
+python3 - "$ROWS" "$WORK/cmds.resp" "$MULTI" <<'PY'
 import json, sys
-rows, path = int(sys.argv[1]), sys.argv[2]
+rows, path, multi = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
 def resp(*args):
     out = [b"*%d\r\n" % len(args)]
     for a in args:
         a = a.encode() if isinstance(a, str) else a
         out.append(b"$%d\r\n%s\r\n" % (len(a), a))
     return b"".join(out)
+BATCH = 500
 with open(path, "wb") as f:
+    if multi:
+        # The stream exists before the first XADD … NOMKSTREAM, as the
+        # snapshot leaves it.
+        f.write(resp("XADD", "walcast:{bench}:events", "0-1", "event", "{}"))
+    rowindex, members = [], {}
     for g in range(1, rows + 1):
+        if multi and g % BATCH == 1:
+            f.write(resp("MULTI"))
         id_ = 2000000000000 + g
         status = ["queued", "running", "succeeded", "failed"][g % 4]
         event = json.dumps({"id": "1000-%d" % g, "tenant": "bench", "lsn": "0/1A2B3C4D", "xid": 1234,
@@ -39,7 +56,10 @@ with open(path, "wb") as f:
             "payload": {"step": "build", "n": g}, "updated_at": "2026-11-28T10:00:00.123456Z",
             "owner": "6f1c2a3e-0000-4000-8000-00000000a002", "tags": ["bulk"]}, "old": None},
             separators=(",", ":"))
-        f.write(resp("XADD", "walcast:{bench}:events", "1000-%d" % g, "event", event))
+        if multi:
+            f.write(resp("XADD", "walcast:{bench}:events", "NOMKSTREAM", "1000-%d" % g, "event", event))
+        else:
+            f.write(resp("XADD", "walcast:{bench}:events", "1000-%d" % g, "event", event))
         if status in ("queued", "running"):
             key = "walcast:{bench}:row:public.tasks:%d" % id_
             f.write(resp("HSET", key, "_event_id", "1000-%d" % g, "id", str(id_), "status", json.dumps(status),
@@ -47,8 +67,21 @@ with open(path, "wb") as f:
                 "updated_at", '"2026-11-28T10:00:00.123456Z"', "owner", '"6f1c2a3e-0000-4000-8000-00000000a002"',
                 "tags", '["bulk"]'))
             idx = "walcast:{bench}:idx:public.tasks:status:" + json.dumps(status)
-            f.write(resp("HSET", "walcast:{bench}:rowindex:public.tasks", key, idx))
-            f.write(resp("SADD", idx, key))
+            if multi:
+                rowindex += [key, idx]
+                members.setdefault(idx, []).append(key)
+            else:
+                f.write(resp("HSET", "walcast:{bench}:rowindex:public.tasks", key, idx))
+                f.write(resp("SADD", idx, key))
+        if multi and (g % BATCH == 0 or g == rows):
+            if rowindex:
+                f.write(resp("HSET", "walcast:{bench}:rowindex:public.tasks", *rowindex))
+            for idx, keys in members.items():
+                f.write(resp("SADD", idx, *keys))
+            if members:
+                f.write(resp("SADD", "walcast:{bench}:idxsets:public.tasks", *members))
+            f.write(resp("EXEC"))
+            rowindex, members = [], {}
 PY
 
 redis-server --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
@@ -61,5 +94,7 @@ t0=$(date +%s.%N)
 redis-cli -p "$PORT" --pipe <"$WORK/cmds.resp" | tail -1
 t1=$(date +%s.%N)
 c1=$(cpu)
-printf '%d rows as plain pipelined commands: redis-server cpu %.2f s, wall %.2f s\n' \
-    "$ROWS" "$(echo "$c1 - $c0" | bc -l)" "$(echo "$t1 - $t0" | bc -l)"
+form="plain pipelined commands"
+[ "$MULTI" = 1 ] && form="MULTI/EXEC per 500 events"
+printf '%d rows as %s: redis-server cpu %.2f s, wall %.2f s\n' \
+    "$ROWS" "$form" "$(echo "$c1 - $c0" | bc -l)" "$(echo "$t1 - $t0" | bc -l)"
