@@ -186,8 +186,9 @@ enum Reply {
 /// One batch as a transaction: `MULTI`, the script, plain commands (the
 /// body); `EXEC` follows on its own.
 struct Batch {
-    /// The body's commands, encoded.
-    body: Bytes,
+    /// The body's commands, encoded: `MULTI` and the script call, then the
+    /// plain commands (two parts, so that neither is copied into the other).
+    body: [Bytes; 2],
     /// How many commands the body holds (`MULTI` included).
     commands: usize,
     replies: Vec<Reply>,
@@ -258,7 +259,8 @@ impl Encoder {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
-        let mut cmd = Args::with_capacity(capacity + SCRIPT_SOURCE.len());
+        let source = if eval { SCRIPT_SOURCE.len() } else { 0 };
+        let mut cmd = Args::with_capacity(capacity + source);
         if eval {
             cmd.arg("EVAL").arg(SCRIPT_SOURCE);
         } else {
@@ -536,12 +538,11 @@ impl Encoder {
         }
         // The script runs first: its guards come before the plain writes.
         // EXEC is sent on its own (see write_batches).
-        let mut body = Vec::with_capacity(plain.len() + call.cmd.len() + 64);
-        resp::command(&mut body, &[b"MULTI"]);
-        call.cmd.write_to(&mut body);
-        body.extend_from_slice(&plain);
+        let mut head = Vec::with_capacity(call.cmd.encoded_len() + 64);
+        resp::command(&mut head, &[b"MULTI"]);
+        call.cmd.write_to(&mut head);
         Batch {
-            body: body.into(),
+            body: [head.into(), plain.into()],
             commands: replies.len() + 1,
             replies,
             newest,
@@ -982,15 +983,11 @@ struct Queued {
 
 /// Sends a batch's body: `MULTI` and its commands.
 async fn send_body(conn: resp::Connection, batch: &Batch) -> RedisResult<Vec<resp::Reply>> {
-    conn.send(vec![batch.body.clone()], batch.commands).await
+    conn.send(batch.body.to_vec(), batch.commands).await
 }
 
 /// `EXEC`, encoded.
-fn exec_command() -> Bytes {
-    let mut exec = Vec::with_capacity(16);
-    resp::command(&mut exec, &[b"EXEC"]);
-    exec.into()
-}
+const EXEC: Bytes = Bytes::from_static(b"*1\r\n$4\r\nEXEC\r\n");
 
 /// The writer task: sends the batches one transaction at a time, in order,
 /// and reports each batch once durable. The plain commands in a transaction
@@ -1077,7 +1074,7 @@ async fn write_batches(
                         let conn = current.conn.clone();
                         let exec = async move {
                             let exec = conn
-                                .send(vec![exec_command()], 1)
+                                .send(vec![EXEC], 1)
                                 .await
                                 .map(|mut replies| replies.pop().unwrap_or(resp::Reply::Nil));
                             (body, exec)
@@ -1099,7 +1096,7 @@ async fn write_batches(
                         }
                         // Nothing before it is in flight: body and EXEC together,
                         // one round trip.
-                        let whole = vec![batch.body.clone(), exec_command()];
+                        let whole = vec![batch.body[0].clone(), batch.body[1].clone(), EXEC];
                         let replies = batch.commands + 1;
                         let conn = current.conn.clone();
                         let exec = async move {
@@ -1857,7 +1854,8 @@ mod tests {
     fn commands(batch: &Batch) -> Vec<String> {
         let mut names = Vec::new();
         let mut at = 0;
-        while let Some((command, used)) = resp::parse(&batch.body[at..]).unwrap() {
+        let body = batch.body.concat();
+        while let Some((command, used)) = resp::parse(&body[at..]).unwrap() {
             at += used;
             let resp::Reply::Array(args) = command else {
                 panic!("a command is an array: {command:?}");
@@ -1867,7 +1865,7 @@ mod tests {
             };
             names.push(String::from_utf8_lossy(name).into_owned());
         }
-        assert_eq!(at, batch.body.len(), "the body is whole commands");
+        assert_eq!(at, body.len(), "the body is whole commands");
         names
     }
 

@@ -64,13 +64,9 @@ impl Args {
         self.count
     }
 
-    /// Bytes written so far (without the count).
-    pub fn len(&self) -> usize {
+    /// Bytes of the arguments written so far (the count not included).
+    pub fn encoded_len(&self) -> usize {
         self.buf.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
     }
 
     /// Starts over, keeping the buffer.
