@@ -15,18 +15,13 @@ cd "$(dirname "$0")/.."
 SINGLE=${1:-200000}
 BIG=${2:-1000000}
 
-BIN=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-RUNAS=()
-[ "$(id -u)" = 0 ] && RUNAS=(runuser -u postgres --)
-WORK=$(mktemp -d /tmp/walcast-bench.XXXXXX)
-chmod 755 "$WORK"
-[ "$(id -u)" = 0 ] && chown postgres "$WORK"
-PGPORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-RPORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+. bench/pg_cluster.sh
+pg_cluster_init walcast-bench
+RPORT=$(free_port)
 WALCAST_PID=
 cleanup() {
     [ -n "$WALCAST_PID" ] && kill "$WALCAST_PID" 2>/dev/null || true
-    "${RUNAS[@]}" "$BIN/pg_ctl" -D "$WORK/data" stop -m immediate >/dev/null 2>&1 || true
+    pg_cluster_stop
     redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
@@ -35,13 +30,8 @@ trap cleanup EXIT
 cargo build --release --quiet
 WALCAST=$PWD/target/release/walcast
 
-"${RUNAS[@]}" "$BIN/initdb" -D "$WORK/data" -U postgres --auth=trust --no-sync >/dev/null
-"${RUNAS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w -o \
-    "-c port=$PGPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$WORK -c wal_level=logical -c fsync=off -c synchronous_commit=off -c max_wal_size=4GB -c shared_buffers=512MB" \
-    start >/dev/null
+pg_cluster_start
 redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --logfile "$WORK/redis.log" >/dev/null
-PSQL=("$BIN/psql" -X -q -At -h "$WORK" -p "$PGPORT" -U postgres -d postgres)
-
 "${PSQL[@]}" <<'SQL'
 create table tasks (id bigint primary key, status text not null, progress float8, payload jsonb,
                     updated_at timestamptz, owner uuid, tags text[]);

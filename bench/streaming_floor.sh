@@ -12,24 +12,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${1:-1000000}
 
-BIN=$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-RUNAS=()
-[ "$(id -u)" = 0 ] && RUNAS=(runuser -u postgres --)
-WORK=$(mktemp -d /tmp/walcast-streaming.XXXXXX)
-chmod 755 "$WORK"
-[ "$(id -u)" = 0 ] && chown postgres "$WORK"
-PGPORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+. bench/pg_cluster.sh
+pg_cluster_init walcast-streaming
 cleanup() {
-    "${RUNAS[@]}" "$BIN/pg_ctl" -D "$WORK/data" stop -m immediate >/dev/null 2>&1 || true
+    pg_cluster_stop
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-"${RUNAS[@]}" "$BIN/initdb" -D "$WORK/data" -U postgres --auth=trust --no-sync >/dev/null
-"${RUNAS[@]}" "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w -o \
-    "-c port=$PGPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$WORK -c wal_level=logical -c fsync=off -c synchronous_commit=off -c max_wal_size=4GB -c shared_buffers=512MB" \
-    start >/dev/null
-PSQL=("$BIN/psql" -X -q -At -h "$WORK" -p "$PGPORT" -U postgres -d postgres)
+pg_cluster_start
 "${PSQL[@]}" -c "create table tasks (id bigint primary key, status text not null, progress float8, payload jsonb, updated_at timestamptz, owner uuid, tags text[])"
 "${PSQL[@]}" -c "create publication bench for table tasks"
 SLOTS=(v1a v2a v1b v2b)
