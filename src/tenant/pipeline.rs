@@ -15,7 +15,7 @@ use super::{Backoff, TenantState};
 use crate::apply::{Applier, ApplyError};
 use crate::config::TenantConfig;
 use crate::decode::{decode, DecodeError, PgOutputMessage};
-use crate::model::{ChangeEvent, EventId, Lsn, TableName};
+use crate::model::{ChangeEvent, EventId, Lsn, Op, TableName};
 use crate::sink::{EventSink, RedisSink, SinkError};
 use crate::source::{self, PendingSession, ReplicationSession, SlotKind, SourceError};
 
@@ -242,6 +242,7 @@ pub(super) async fn run_session(
     let mut skipping = false;
     let tenant_name = || tenant.id.to_string();
     let mut unflushed: Option<Unflushed> = None;
+    let counters = ChangeCounters::new(&tenant.id.to_string());
     let mut lag_check = tokio::time::interval(SLOT_LAG_CHECK_INTERVAL);
     lag_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut epoch_check = tokio::time::interval(EPOCH_CHECK_INTERVAL);
@@ -352,6 +353,7 @@ pub(super) async fn run_session(
                     options,
                     &mut events,
                     tenant,
+                    &counters,
                     &mut progress.last_written,
                 )
                 .await?;
@@ -372,6 +374,7 @@ pub(super) async fn run_session(
                     options,
                     &mut events,
                     tenant,
+                    &counters,
                     &mut progress.last_written,
                 )
                 .await?;
@@ -568,11 +571,44 @@ pub(crate) async fn snapshot_into(
     Ok(pending)
 }
 
+/// The tenant's change counters (`walcast_source_changes_total` by
+/// operation), looked up once per session rather than once per change.
+struct ChangeCounters([metrics::Counter; 5]);
+
+impl ChangeCounters {
+    const OPS: [Op; 5] = [
+        Op::Insert,
+        Op::Update,
+        Op::Delete,
+        Op::Truncate,
+        Op::Message,
+    ];
+
+    fn new(tenant: &str) -> ChangeCounters {
+        ChangeCounters(Self::OPS.map(|op| {
+            metrics::counter!(crate::metrics::SOURCE_CHANGES, crate::metrics::TENANT => tenant.to_owned(), crate::metrics::OP => op.as_str())
+        }))
+    }
+
+    fn count(&self, events: &[ChangeEvent]) {
+        let mut counts = [0u64; 5];
+        for event in events {
+            counts[Self::OPS.iter().position(|&op| op == event.op).unwrap_or(4)] += 1;
+        }
+        for (counter, n) in self.0.iter().zip(counts) {
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
+    }
+}
+
 async fn write(
     sink: &dyn EventSink,
     options: &PipelineOptions,
     events: &mut Vec<ChangeEvent>,
     tenant: &TenantConfig,
+    counters: &ChangeCounters,
     last_written: &mut Option<EventId>,
 ) -> Result<(), PipelineError> {
     if let Some(last) = *last_written {
@@ -581,10 +617,7 @@ async fn write(
     if let Some(last) = events.last() {
         *last_written = Some(last.id);
     }
-    for event in events.iter() {
-        metrics::counter!(crate::metrics::SOURCE_CHANGES, crate::metrics::TENANT => tenant.id.to_string(), crate::metrics::OP => event.op.as_str())
-            .increment(1);
-    }
+    counters.count(events);
     if let Some(tables) = &options.tables {
         events.retain(|e| e.table().is_some_and(|t| tables.contains(t)));
     }
