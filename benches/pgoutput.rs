@@ -7,7 +7,10 @@
 //! - `decode`: walcast's pgoutput decoder over every message of the stream
 //!   (Begin, Relation, Insert, Update, Commit), counted per row message;
 //! - `decode_apply_encode`: decode, apply (typed values, event ids) and the
-//!   JSON encoding of each event, counted per event;
+//!   JSON encoding of each event, counted per event; and the same followed
+//!   by the Redis writer's encoding of the events in batches of its size
+//!   (`walcast+redis_batches`: mirror writes and stream appends, as bytes
+//!   ready to send);
 //! - `pg_walstream`: the `pg_walstream` crate on the same bytes, its parser
 //!   alone and its parser plus `ChangeEvent` plus serde_json, for a ratio.
 //!
@@ -101,6 +104,40 @@ fn benches(c: &mut Criterion) {
                         black_box(event.encoded());
                     }
                 }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // The same events as the Redis writer encodes them, in batches of its
+    // size: the mirror's writes (status queued/running hot, indexed by
+    // status) and the stream's XADDs.
+    let config = walcast::config::parse(
+        std::path::Path::new("bench.toml"),
+        "[redis]\nurl = \"redis://127.0.0.1:1/\"\n[[mirror]]\ntable = \"public.tasks\"\n\
+         hot_when = [\"status=in.(queued,running)\"]\nindex = [\"status\"]\n[[tenants]]\n\
+         id = \"acme\"\nurl = \"postgres://u@localhost/db\"\ntables = [\"public.tasks\"]\n",
+        &|_| None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (tenant, redis) = (&config.tenants[0], config.redis.as_ref().unwrap());
+    group.bench_function("walcast+redis_batches", |b| {
+        b.iter_batched(
+            || (Applier::new(Arc::from("acme")), Vec::with_capacity(16)),
+            |(mut applier, mut events)| {
+                for message in &stream.messages {
+                    applier
+                        .apply(decode(message).unwrap(), &mut events)
+                        .unwrap();
+                    if events.len() >= walcast::sink::redis::BATCH_EVENTS {
+                        black_box(walcast::sink::redis::encoded_batch_len(
+                            tenant, redis, &events,
+                        ));
+                        events.clear();
+                    }
+                }
+                black_box(walcast::sink::redis::encoded_batch_len(
+                    tenant, redis, &events,
+                ));
             },
             BatchSize::SmallInput,
         )

@@ -93,30 +93,53 @@ pub fn row_key_of<'a>(
     image: &RowImage,
     columns: impl IntoIterator<Item = &'a str>,
 ) -> Option<String> {
-    let mut parts = Vec::new();
-    for column in columns {
-        let text = match image.get(column)? {
-            Datum::Int(i) => i.to_string(),
-            Datum::Text(s) => s.clone(),
-            other => crate::model::datum_json(other),
+    let mut out = String::new();
+    push_row_key(&mut out, image, columns).then_some(out)
+}
+
+/// Appends the key part of a row to `out` (a row key's prefix, say), without
+/// a string per column. False, with `out` partly written, when a key column
+/// is missing from the image.
+pub fn push_row_key<'a>(
+    out: &mut String,
+    image: &RowImage,
+    columns: impl IntoIterator<Item = &'a str>,
+) -> bool {
+    for (i, column) in columns.into_iter().enumerate() {
+        let Some(value) = image.get(column) else {
+            return false;
         };
-        parts.push(escape(&text));
+        if i > 0 {
+            out.push(',');
+        }
+        match value {
+            Datum::Int(n) => out.push_str(itoa::Buffer::new().format(*n)),
+            Datum::Text(s) => push_escaped(out, s),
+            other => push_escaped(out, &crate::model::datum_json(other)),
+        }
     }
-    Some(parts.join(","))
+    true
 }
 
 /// Percent-encodes every byte outside `[A-Za-z0-9_.-]` (and `.` itself in
 /// names, where it separates schema and table).
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
+    push_escaped(&mut out, text);
+    out
+}
+
+fn push_escaped(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -34,11 +34,10 @@
 mod keys;
 pub mod resp;
 
-pub use keys::{row_key, row_key_of, Keys};
+pub use keys::{push_row_key, row_key, row_key_of, Keys};
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -103,6 +102,19 @@ pub async fn connect(config: &RedisConfig) -> Result<ConnectionManager, SinkErro
         .map_err(SinkError::Connect)
 }
 
+/// How many bytes the transaction that writes `events` as one batch takes
+/// (MULTI, the script call, the plain commands), new rows going plain as on
+/// a writer's own connection. For benchmarks: benches/pgoutput.rs times the
+/// encoding of the stream it decodes.
+pub fn encoded_batch_len(
+    tenant: &TenantConfig,
+    config: &RedisConfig,
+    events: &[ChangeEvent],
+) -> usize {
+    let batch = Encoder::new(tenant, config).batch(events, None, "1", None, None, true);
+    batch.body.iter().map(Bytes::len).sum()
+}
+
 /// Sortable form of an event id for the script's string comparison.
 pub fn sortable_id(id: EventId) -> String {
     let mut out = Vec::with_capacity(31);
@@ -111,8 +123,23 @@ pub fn sortable_id(id: EventId) -> String {
 }
 
 fn write_sortable(out: &mut Vec<u8>, id: EventId) {
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{:020}-{:010}", id.commit_lsn.0, id.index);
+    // `{:020}-{:010}`, without the formatting machinery (once per event).
+    let mut buf = itoa::Buffer::new();
+    let lsn = buf.format(id.commit_lsn.0);
+    out.resize(out.len() + 20 - lsn.len(), b'0');
+    out.extend_from_slice(lsn.as_bytes());
+    out.push(b'-');
+    let index = buf.format(id.index);
+    out.resize(out.len() + 10 - index.len(), b'0');
+    out.extend_from_slice(index.as_bytes());
+}
+
+/// An event id as the stream id `<commit lsn>-<index>` (its Display form).
+fn write_event_id(out: &mut Vec<u8>, id: EventId) {
+    let mut buf = itoa::Buffer::new();
+    out.extend_from_slice(buf.format(id.commit_lsn.0).as_bytes());
+    out.push(b'-');
+    out.extend_from_slice(buf.format(id.index).as_bytes());
 }
 
 /// What the script needs to know of one mirrored table, computed once.
@@ -201,11 +228,13 @@ struct Batch {
 /// The plain writes of new rows of one table, collected over a batch so
 /// that each set and the row-index hash get one command.
 #[derive(Default)]
-struct NewRows {
-    /// Row-index entries: row key, its index sets ("\n"-separated).
-    rowindex: Vec<(String, Vec<u8>)>,
+struct NewRows<'a> {
+    /// Row-index entries: row key, where its index sets ("\n"-separated)
+    /// are in `sets`.
+    rowindex: Vec<(&'a str, std::ops::Range<usize>)>,
+    sets: Vec<u8>,
     /// Index set -> the rows that join it.
-    members: Vec<(Vec<u8>, Vec<String>)>,
+    members: Vec<(Vec<u8>, Vec<&'a str>)>,
 }
 
 impl Encoder {
@@ -340,7 +369,16 @@ impl Encoder {
             .filter(|e| applied.is_none_or(|a| e.id > a))
             .collect();
         let tables = self.tables_of(events.iter().copied());
-        let ops: Vec<Vec<RowOp<'_>>> = events.iter().map(|e| self.ops_of(&tables, e)).collect();
+        // Every event's ops in one list; `spans[i]`: event i's part of it.
+        let mut ops: Vec<RowOp<'_>> = Vec::with_capacity(events.len());
+        let spans: Vec<std::ops::Range<usize>> = events
+            .iter()
+            .map(|e| {
+                let start = ops.len();
+                self.ops_of(&tables, e, &mut ops);
+                start..ops.len()
+            })
+            .collect();
         // A new row goes plain only when nothing else in the batch touches
         // its key or its table's rows as a whole: then the order between
         // the script's writes and the plain ones does not matter.
@@ -357,11 +395,11 @@ impl Encoder {
         // Only new rows (a bulk load): two of them can share a key only
         // when the table has no key of its own (REPLICA IDENTITY FULL), and
         // then writing both is what the script would do too.
-        let only_new_rows = ops.iter().flatten().all(is_new_row);
+        let only_new_rows = ops.iter().all(is_new_row);
         let mut touched: HashMap<&str, u32> = HashMap::new();
         let mut truncated = vec![false; tables.len() + 1];
         if plain_rows && !only_new_rows {
-            for op in ops.iter().flatten() {
+            for op in &ops {
                 match op {
                     RowOp::Truncate { table } => truncated[*table] = true,
                     _ => {
@@ -388,7 +426,7 @@ impl Encoder {
         };
 
         let newest = events.last().map(|e| e.id);
-        let script_bytes: usize = ops.iter().flatten().filter(|op| !goes_plain(op)).count() * 512;
+        let script_bytes: usize = ops.iter().filter(|op| !goes_plain(op)).count() * 512;
         let mut call = self.begin(
             script_bytes + 1024,
             tables,
@@ -414,10 +452,10 @@ impl Encoder {
         });
         let stream = self.keys.events();
         let mut id_buf: Vec<u8> = Vec::with_capacity(32);
-        for (event, ops) in events.iter().zip(&ops) {
+        for (event, span) in events.iter().zip(spans) {
+            let ops = &ops[span];
             id_buf.clear();
-            // Writing into a Vec cannot fail.
-            let _ = write!(id_buf, "{}", event.id);
+            write_event_id(&mut id_buf, event.id);
             let id = &id_buf[..];
             let scripted: Vec<&RowOp<'_>> = ops.iter().filter(|op| !goes_plain(op)).collect();
             if !scripted.is_empty() {
@@ -455,24 +493,24 @@ impl Encoder {
                 args.write_to(&mut plain);
                 replies.push(Reply::Write);
                 let rows = &mut new_rows[*table];
-                let mut sets: Vec<u8> = Vec::new();
+                let first = rows.sets.len();
                 for (column, prefix) in &plan.index {
                     let Some(value) = row.get(column) else {
                         continue;
                     };
-                    if !sets.is_empty() {
-                        sets.push(b'\n');
+                    if rows.sets.len() > first {
+                        rows.sets.push(b'\n');
                     }
-                    let start = sets.len();
-                    sets.extend_from_slice(prefix.as_bytes());
-                    write_datum_json(&mut sets, value);
-                    let set = &sets[start..];
+                    let start = rows.sets.len();
+                    rows.sets.extend_from_slice(prefix.as_bytes());
+                    write_datum_json(&mut rows.sets, value);
+                    let set = &rows.sets[start..];
                     match rows.members.iter_mut().find(|(s, _)| s == set) {
-                        Some((_, members)) => members.push(key.clone()),
-                        None => rows.members.push((set.to_vec(), vec![key.clone()])),
+                        Some((_, members)) => members.push(key),
+                        None => rows.members.push((set.to_vec(), vec![key])),
                     }
                 }
-                rows.rowindex.push((key.clone(), sets));
+                rows.rowindex.push((key, first..rows.sets.len()));
             }
             let encoded = event.encoded();
             if epoch.is_empty() {
@@ -512,7 +550,7 @@ impl Encoder {
             args.clear();
             args.arg("HSET").arg(&plan.rowindex);
             for (key, sets) in &rows.rowindex {
-                args.arg(key).arg(&sets[..]);
+                args.arg(*key).arg(&rows.sets[sets.clone()]);
             }
             args.write_to(&mut plain);
             replies.push(Reply::Write);
@@ -550,22 +588,27 @@ impl Encoder {
         }
     }
 
-    /// The key of a mirrored row in `image`: the rule's key columns, else the
-    /// event's replica identity columns.
-    fn key_of(&self, rule: &MirrorRule, event: &ChangeEvent, image: &RowImage) -> Option<String> {
-        if let Some(columns) = &rule.key {
-            return row_key_of(image, columns.iter().map(String::as_str));
-        }
-        match &event.body {
-            ChangeBody::Row { key: Some(key), .. } if !key.0.is_empty() => {
-                row_key_of(image, key.0.iter().map(|(c, _)| &**c))
+    /// The full key of a mirrored row in `image` (`plan`'s row prefix and
+    /// the key part): the rule's key columns, else the event's replica
+    /// identity columns.
+    fn key_of(&self, plan: &TablePlan, event: &ChangeEvent, image: &RowImage) -> Option<String> {
+        let mut key = String::with_capacity(plan.row_prefix.len() + 24);
+        key.push_str(&plan.row_prefix);
+        let complete = if let Some(columns) = &plan.rule.key {
+            push_row_key(&mut key, image, columns.iter().map(String::as_str))
+        } else {
+            match &event.body {
+                ChangeBody::Row { key: Some(k), .. } if !k.0.is_empty() => {
+                    push_row_key(&mut key, image, k.0.iter().map(|(c, _)| &**c))
+                }
+                _ => false,
             }
-            _ => None,
-        }
+        };
+        complete.then_some(key)
     }
 
     /// The mirror writes of one event (`tables`: the call's table list).
-    fn ops_of<'a>(&self, tables: &[&TablePlan], event: &'a ChangeEvent) -> Vec<RowOp<'a>> {
+    fn ops_of<'a>(&self, tables: &[&TablePlan], event: &'a ChangeEvent, ops: &mut Vec<RowOp<'a>>) {
         let number = |plan: &TablePlan| {
             tables
                 .iter()
@@ -573,7 +616,6 @@ impl Encoder {
                 .map(|i| i + 1)
                 .expect("the call lists every mirrored table of the batch")
         };
-        let mut ops: Vec<RowOp<'_>> = Vec::new();
         match &event.body {
             ChangeBody::Row {
                 table, new, old, ..
@@ -586,21 +628,20 @@ impl Encoder {
                     } else {
                         new.as_ref()
                     };
-                    let key = image.and_then(|img| self.key_of(rule, event, img));
+                    let key = image.and_then(|img| self.key_of(plan, event, img));
                     // An update that changed the key: the old row goes away.
                     if event.op == Op::Update {
                         if let Some(old_key) =
-                            old.as_ref().and_then(|o| self.key_of(rule, event, o))
+                            old.as_ref().and_then(|o| self.key_of(plan, event, o))
                         {
                             if Some(&old_key) != key.as_ref() {
                                 ops.push(RowOp::Delete {
                                     table: t,
-                                    key: format!("{}{old_key}", plan.row_prefix),
+                                    key: old_key,
                                 });
                             }
                         }
                     }
-                    let key = key.map(|k| format!("{}{k}", plan.row_prefix));
                     match (key, event.op) {
                         (Some(key), Op::Delete) => ops.push(RowOp::Delete { table: t, key }),
                         (Some(key), _) => {
@@ -638,7 +679,6 @@ impl Encoder {
             }
             ChangeBody::Message { .. } => {}
         }
-        ops
     }
 
     /// Writes an entry's op count and ops (`event_id`: None for snapshot rows).
@@ -1952,6 +1992,22 @@ mod tests {
     /// `CLIENT LIST TYPE normal` as Redis 7.0.15 answered it, with two
     /// connections named as this tenant's writer (3 and 5, this one) and
     /// another (4).
+    #[test]
+    fn event_ids_are_written_as_formatting_would() {
+        for (lsn, index) in [(0, 0), (23_803_720, 7), (u64::MAX, u32::MAX)] {
+            let id = EventId {
+                commit_lsn: Lsn(lsn),
+                index,
+            };
+            let mut out = b"x".to_vec();
+            write_sortable(&mut out, id);
+            assert_eq!(out, format!("x{lsn:020}-{index:010}").into_bytes());
+            out.clear();
+            write_event_id(&mut out, id);
+            assert_eq!(out, id.to_string().into_bytes());
+        }
+    }
+
     #[test]
     fn stale_writers_are_the_other_connections_of_the_name() {
         let list = "id=3 addr=127.0.0.1:54918 laddr=127.0.0.1:7391 fd=8 name=walcast-writer:walcast:{acme}:events age=0 idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=20474 argv-mem=0 multi-mem=0 rbs=16384 rbp=16384 obl=0 oll=0 omem=0 tot-mem=37632 events=r cmd=client|setname user=default redir=-1 resp=2\nid=4 addr=127.0.0.1:54934 laddr=127.0.0.1:7391 fd=9 name=dashboard age=0 idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=20474 argv-mem=0 multi-mem=0 rbs=16384 rbp=16384 obl=0 oll=0 omem=0 tot-mem=37632 events=r cmd=client|setname user=default redir=-1 resp=2\nid=5 addr=127.0.0.1:54942 laddr=127.0.0.1:7391 fd=11 name=walcast-writer:walcast:{acme}:events age=0 idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=89 qbuf-free=20385 argv-mem=20 multi-mem=0 rbs=16384 rbp=16384 obl=9 oll=0 omem=0 tot-mem=37684 events=r cmd=client|list user=default redir=-1 resp=2\n";
