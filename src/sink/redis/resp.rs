@@ -9,6 +9,7 @@
 //! Every other Redis connection of walcast (reads, snapshots, the epoch)
 //! still goes through redis-rs; this one speaks only what the writer needs.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io;
 use std::time::Duration;
@@ -137,7 +138,9 @@ impl Drop for NextArg<'_> {
 /// One reply (RESP2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Status(String),
+    /// A status line; `OK` and `QUEUED` (one per command of a batch) without
+    /// an allocation.
+    Status(Cow<'static, str>),
     Error(String),
     Int(i64),
     Bulk(Vec<u8>),
@@ -195,7 +198,11 @@ fn parse_at(buf: &[u8], at: &mut usize, depth: usize) -> Result<Option<Reply>, P
     };
     let text = || String::from_utf8_lossy(rest).into_owned();
     let reply = match kind {
-        b'+' => Reply::Status(text()),
+        b'+' => Reply::Status(match rest {
+            b"QUEUED" => Cow::Borrowed("QUEUED"),
+            b"OK" => Cow::Borrowed("OK"),
+            _ => Cow::Owned(text()),
+        }),
         b'-' => Reply::Error(text()),
         b':' => Reply::Int(number(rest)?),
         b'$' => {
