@@ -34,7 +34,8 @@
 mod keys;
 pub mod resp;
 
-pub use keys::{push_row_key, row_key, row_key_of, Keys};
+use keys::push_row_key;
+pub use keys::{row_key, row_key_of, Keys};
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -1989,9 +1990,6 @@ mod tests {
         assert_eq!(commands(&all_in), ["MULTI", "EVAL"]);
     }
 
-    /// `CLIENT LIST TYPE normal` as Redis 7.0.15 answered it, with two
-    /// connections named as this tenant's writer (3 and 5, this one) and
-    /// another (4).
     #[test]
     fn event_ids_are_written_as_formatting_would() {
         for (lsn, index) in [(0, 0), (23_803_720, 7), (u64::MAX, u32::MAX)] {
@@ -2008,6 +2006,9 @@ mod tests {
         }
     }
 
+    /// `CLIENT LIST TYPE normal` as Redis 7.0.15 answered it, with two
+    /// connections named as this tenant's writer (3 and 5, this one) and
+    /// another (4).
     #[test]
     fn stale_writers_are_the_other_connections_of_the_name() {
         let list = "id=3 addr=127.0.0.1:54918 laddr=127.0.0.1:7391 fd=8 name=walcast-writer:walcast:{acme}:events age=0 idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=20474 argv-mem=0 multi-mem=0 rbs=16384 rbp=16384 obl=0 oll=0 omem=0 tot-mem=37632 events=r cmd=client|setname user=default redir=-1 resp=2\nid=4 addr=127.0.0.1:54934 laddr=127.0.0.1:7391 fd=9 name=dashboard age=0 idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=20474 argv-mem=0 multi-mem=0 rbs=16384 rbp=16384 obl=0 oll=0 omem=0 tot-mem=37632 events=r cmd=client|setname user=default redir=-1 resp=2\nid=5 addr=127.0.0.1:54942 laddr=127.0.0.1:7391 fd=11 name=walcast-writer:walcast:{acme}:events age=0 idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=89 qbuf-free=20385 argv-mem=20 multi-mem=0 rbs=16384 rbp=16384 obl=9 oll=0 omem=0 tot-mem=37684 events=r cmd=client|list user=default redir=-1 resp=2\n";
