@@ -28,6 +28,7 @@ done
 [ -n "$FIRST" ] || { echo "name at least one walcast binary (the first makes the slot)" >&2; exit 2; }
 
 . bench/pg_cluster.sh
+. bench/tasks_schema.sh
 pg_cluster_init walcast-ab
 RPORT=$(free_port)
 WALCAST_PID=
@@ -46,25 +47,8 @@ start_redis() {
     until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do sleep 0.05; done
 }
 start_redis
-"${PSQL[@]}" <<'SQL'
-create table tasks (id bigint primary key, status text not null, progress float8, payload jsonb,
-                    updated_at timestamptz, owner uuid, tags text[]);
-create publication walcast_bench for table tasks;
-SQL
-cat > "$WORK/walcast.toml" <<TOML
-[redis]
-url = "redis://127.0.0.1:$RPORT/"
-[[mirror]]
-table = "public.tasks"
-hot_when = ["status=in.(queued,running)"]
-index = ["status"]
-[[tenants]]
-id = "bench"
-url = "postgres://postgres@127.0.0.1:$PGPORT/postgres"
-publication = "walcast_bench"
-tables = ["public.tasks"]
-slot = "ab_slot"
-TOML
+tasks_schema
+tasks_config 'slot = "ab_slot"'
 # The slot (with the snapshot of the empty table) and Redis as walcast left
 # them, saved as the starting point of every run.
 "$FIRST" --config "$WORK/walcast.toml" run >"$WORK/walcast.log" 2>&1 &
@@ -75,8 +59,7 @@ redis-cli -p "$RPORT" save >/dev/null
 redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
 cp "$WORK/redis/dump.rdb" "$WORK/base.rdb"
 "${PSQL[@]}" -c "select pg_copy_logical_replication_slot('ab_slot', 'ab_template')" >/dev/null
-"${PSQL[@]}" -c "insert into tasks select 2000000000000 + g, (array['queued','running','succeeded','failed'])[1 + g % 4], g / $ROWS.0,
-  jsonb_build_object('step', 'build', 'n', g), now(), gen_random_uuid(), '{bulk}' from generate_series(1, $ROWS) g"
+tasks_big_txn "$ROWS"
 "${PSQL[@]}" -c "select pg_logical_emit_message(true, 'walcast-bench', 'walcast-ab-end')" >/dev/null
 "${PSQL[@]}" -c "checkpoint" >/dev/null
 

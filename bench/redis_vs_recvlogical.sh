@@ -16,6 +16,7 @@ SINGLE=${1:-200000}
 BIG=${2:-1000000}
 
 . bench/pg_cluster.sh
+. bench/tasks_schema.sh
 pg_cluster_init walcast-bench
 RPORT=$(free_port)
 WALCAST_PID=
@@ -32,24 +33,8 @@ WALCAST=$PWD/target/release/walcast
 
 pg_cluster_start
 redis-server --port "$RPORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --logfile "$WORK/redis.log" >/dev/null
-"${PSQL[@]}" <<'SQL'
-create table tasks (id bigint primary key, status text not null, progress float8, payload jsonb,
-                    updated_at timestamptz, owner uuid, tags text[]);
-create publication walcast_bench for table tasks;
-SQL
-cat > "$WORK/walcast.toml" <<TOML
-[redis]
-url = "redis://127.0.0.1:$RPORT/"
-[[mirror]]
-table = "public.tasks"
-hot_when = ["status=in.(queued,running)"]
-index = ["status"]
-[[tenants]]
-id = "bench"
-url = "postgres://postgres@127.0.0.1:$PGPORT/postgres"
-publication = "walcast_bench"
-tables = ["public.tasks"]
-TOML
+tasks_schema
+tasks_config
 
 # walcast creates its slot (with the snapshot of the empty table) and stops;
 # pg_recvlogical gets its own slot at the same point.
@@ -151,6 +136,5 @@ SQL
 "$BIN/pgbench" -n -h "$WORK" -p "$PGPORT" -U postgres -c 4 -j 2 -t $((SINGLE / 4)) -f "$WORK/single.sql" postgres >/dev/null
 measure "(a) single-row transactions" "$(( $("${PSQL[@]}" -c "select count(*) from tasks") ))"
 
-"${PSQL[@]}" -c "insert into tasks select 2000000000000 + g, (array['queued','running','succeeded','failed'])[1 + g % 4], g / $BIG.0,
-  jsonb_build_object('step', 'build', 'n', g), now(), gen_random_uuid(), '{bulk}' from generate_series(1, $BIG) g"
+tasks_big_txn "$BIG"
 measure "(b) one transaction" "$BIG"

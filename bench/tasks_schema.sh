@@ -1,0 +1,40 @@
+# Sourced by the bench scripts that write into Redis: the tasks table they
+# all use, walcast's configuration for it, and the one large transaction.
+# Needs PSQL, WORK, PGPORT (bench/pg_cluster.sh) and RPORT (the redis-server).
+#
+#   tasks_schema             the table and the publication walcast_bench
+#   tasks_config [LINE]      writes $WORK/walcast.toml: tenant "bench", hot
+#                            tasks (queued, running) mirrored, indexed by
+#                            status; LINE is added to the tenant (slot = "…")
+#   tasks_big_txn ROWS       one transaction inserting ROWS tasks, a quarter
+#                            in each status
+
+tasks_schema() {
+    "${PSQL[@]}" <<'SQL'
+create table tasks (id bigint primary key, status text not null, progress float8, payload jsonb,
+                    updated_at timestamptz, owner uuid, tags text[]);
+create publication walcast_bench for table tasks;
+SQL
+}
+
+tasks_config() {
+    cat > "$WORK/walcast.toml" <<TOML
+[redis]
+url = "redis://127.0.0.1:$RPORT/"
+[[mirror]]
+table = "public.tasks"
+hot_when = ["status=in.(queued,running)"]
+index = ["status"]
+[[tenants]]
+id = "bench"
+url = "postgres://postgres@127.0.0.1:$PGPORT/postgres"
+publication = "walcast_bench"
+tables = ["public.tasks"]
+${1:-}
+TOML
+}
+
+tasks_big_txn() {
+    "${PSQL[@]}" -c "insert into tasks select 2000000000000 + g, (array['queued','running','succeeded','failed'])[1 + g % 4], g / $1.0,
+  jsonb_build_object('step', 'build', 'n', g), now(), gen_random_uuid(), '{bulk}' from generate_series(1, $1) g"
+}
