@@ -29,16 +29,7 @@ done
 
 . bench/pg_cluster.sh
 . bench/tasks_schema.sh
-pg_cluster_init walcast-ab
-RPORT=$(free_port)
-WALCAST_PID=
-cleanup() {
-    [ -n "$WALCAST_PID" ] && kill "$WALCAST_PID" 2>/dev/null || true
-    pg_cluster_stop
-    redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+redis_bench_init walcast-ab
 pg_cluster_start
 mkdir -p "$WORK/redis"
 start_redis() {

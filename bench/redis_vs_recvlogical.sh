@@ -17,16 +17,7 @@ BIG=${2:-1000000}
 
 . bench/pg_cluster.sh
 . bench/tasks_schema.sh
-pg_cluster_init walcast-bench
-RPORT=$(free_port)
-WALCAST_PID=
-cleanup() {
-    [ -n "$WALCAST_PID" ] && kill "$WALCAST_PID" 2>/dev/null || true
-    pg_cluster_stop
-    redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+redis_bench_init walcast-bench
 
 cargo build --release --quiet
 WALCAST=$PWD/target/release/walcast

@@ -2,12 +2,30 @@
 # all use, walcast's configuration for it, and the one large transaction.
 # Needs PSQL, WORK, PGPORT (bench/pg_cluster.sh) and RPORT (the redis-server).
 #
+#   redis_bench_init PREFIX  pg_cluster_init PREFIX, a free port for Redis in
+#                            RPORT, and a cleanup on exit: the walcast in
+#                            WALCAST_PID (if any), the cluster, the
+#                            redis-server on RPORT, the work directory
 #   tasks_schema             the table and the publication walcast_bench
 #   tasks_config [LINE]      writes $WORK/walcast.toml: tenant "bench", hot
 #                            tasks (queued, running) mirrored, indexed by
 #                            status; LINE is added to the tenant (slot = "…")
 #   tasks_big_txn ROWS       one transaction inserting ROWS tasks, a quarter
 #                            in each status
+
+redis_bench_init() {
+    pg_cluster_init "$1"
+    RPORT=$(free_port)
+    WALCAST_PID=
+    trap redis_bench_cleanup EXIT
+}
+
+redis_bench_cleanup() {
+    [ -n "$WALCAST_PID" ] && kill "$WALCAST_PID" 2>/dev/null || true
+    pg_cluster_stop
+    redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
 
 tasks_schema() {
     "${PSQL[@]}" <<'SQL'
