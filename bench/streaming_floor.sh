@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 ROWS=${1:-1000000}
 
 . bench/pg_cluster.sh
+. bench/tasks_schema.sh
 pg_cluster_init walcast-streaming
 cleanup() {
     pg_cluster_stop
@@ -20,14 +21,12 @@ cleanup() {
 }
 trap cleanup EXIT
 pg_cluster_start
-"${PSQL[@]}" -c "create table tasks (id bigint primary key, status text not null, progress float8, payload jsonb, updated_at timestamptz, owner uuid, tags text[])"
-"${PSQL[@]}" -c "create publication bench for table tasks"
+tasks_schema
 SLOTS=(v1a v2a v1b v2b)
 for slot in "${SLOTS[@]}"; do
     "${PSQL[@]}" -c "select pg_create_logical_replication_slot('$slot', 'pgoutput')" >/dev/null
 done
-"${PSQL[@]}" -c "insert into tasks select 2000000000000 + g, (array['queued','running','succeeded','failed'])[1 + g % 4], g / $ROWS.0,
-  jsonb_build_object('step', 'build', 'n', g), now(), gen_random_uuid(), '{bulk}' from generate_series(1, $ROWS) g"
+tasks_big_txn "$ROWS"
 marker="walcast-streaming-end-$RANDOM$RANDOM"
 "${PSQL[@]}" -c "select pg_logical_emit_message(true, 'walcast-bench', '$marker')" >/dev/null
 for slot in "${SLOTS[@]}"; do
@@ -38,7 +37,7 @@ for slot in "${SLOTS[@]}"; do
     rm -f "$WORK/out"
     t0=$(date +%s.%N)
     "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -S "$slot" --start "${opts[@]}" \
-        -o publication_names=bench -o messages=true -F 0 -f "$WORK/out" 2>>"$WORK/recv.log" &
+        -o publication_names=walcast_bench -o messages=true -F 0 -f "$WORK/out" 2>>"$WORK/recv.log" &
     pid=$!
     python3 bench/wait_until.py file "$WORK/out" "$marker" "$pid"
     t1=$(date +%s.%N)

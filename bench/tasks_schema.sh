@@ -1,6 +1,7 @@
-# Sourced by the bench scripts that write into Redis: the tasks table they
-# all use, walcast's configuration for it, and the one large transaction.
-# Needs PSQL, WORK, PGPORT (bench/pg_cluster.sh) and RPORT (the redis-server).
+# Sourced by the bench scripts: the tasks table they all use, walcast's
+# configuration for it, the one large transaction, and for the scripts that
+# write into Redis their setup and cleanup. Needs PSQL, WORK, PGPORT
+# (bench/pg_cluster.sh); tasks_config also RPORT (the redis-server).
 #
 #   redis_bench_init PREFIX  pg_cluster_init PREFIX, a free port for Redis in
 #                            RPORT, and a cleanup on exit: the walcast in
