@@ -593,7 +593,14 @@ impl ChangeCounters {
     fn count(&self, events: &[ChangeEvent]) {
         let mut counts = [0u64; 5];
         for event in events {
-            counts[Self::OPS.iter().position(|&op| op == event.op).unwrap_or(4)] += 1;
+            let slot = match event.op {
+                Op::Insert => 0,
+                Op::Update => 1,
+                Op::Delete => 2,
+                Op::Truncate => 3,
+                Op::Message => 4,
+            };
+            counts[slot] += 1;
         }
         for (counter, n) in self.0.iter().zip(counts) {
             if n > 0 {
