@@ -81,8 +81,12 @@ measure() { # $1: workload name, $2: number of changes
     recv_s=$(echo "$t1 - $t0" | bc -l)
     # Stopped by a signal, pg_recvlogical may not have confirmed all it
     # read: move its slot past the marker, or the next workload's floor
-    # would include this one again.
-    until "${PSQL[@]}" -c "select pg_replication_slot_advance('bench_recv', '$end')" >/dev/null 2>&1; do
+    # would include this one again. Only forward: its confirmations can be
+    # past the marker already (WAL written after it, e.g. by autovacuum),
+    # and advancing backwards fails forever. Retried while the walsender
+    # still holds the slot.
+    until "${PSQL[@]}" -c "select pg_replication_slot_advance(slot_name, '$end') from pg_replication_slots
+                            where slot_name = 'bench_recv' and confirmed_flush_lsn < '$end'" >/dev/null 2>&1; do
         sleep 0.1
     done
     rm -f "$WORK/recv.out"
