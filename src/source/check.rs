@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 use super::setup::{published_tables, quote_ident, quote_table, slot_exists};
 use super::SourceError;
 use crate::config::TenantConfig;
+use crate::tenant::error_chain;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,17 +95,6 @@ pub async fn check_tenant(tenant: &TenantConfig) -> CheckReport {
         );
     }
     report
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 async fn run_checks(
