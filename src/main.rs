@@ -8,6 +8,14 @@ use tokio_util::sync::CancellationToken;
 use walcast::cli::{Cli, Command, LogFormat};
 use walcast::{app, commands, config};
 
+// mimalloc instead of glibc's malloc: walcast allocates a few dozen small
+// blocks per change on one thread and frees them on another (the Redis
+// writer), which glibc's arenas handle slowly. Built without transparent
+// huge pages (Cargo.toml): memory at start and per connection then stays
+// close to glibc's (docs/benchmarks.md, seventh session).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
