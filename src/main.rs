@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use walcast::cli::{Cli, Command, LogFormat};
 use walcast::{app, commands, config};
 
-// mimalloc instead of glibc's malloc: walcast allocates a few dozen small
+// mimalloc instead of glibc's malloc: walcast allocates about ten small
 // blocks per change on one thread and frees them on another (the Redis
 // writer), which glibc's arenas handle slowly. Built without transparent
 // huge pages (Cargo.toml): memory at start and per connection then stays
