@@ -50,6 +50,14 @@ async fn check_slot_lag(client: &tokio_postgres::Client, tenant: &TenantConfig, 
 /// many small transactions.
 const GROUP_COMMIT_TXNS: usize = 500;
 const GROUP_COMMIT_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+/// After a commit that carried several transactions (the source has a
+/// backlog), a pause in the stream commits only once the group is this old.
+/// Committing at every pause then meant a Redis round trip every few
+/// transactions: the reader took each message as it came and found the
+/// stream paused again at once, and each small batch cost more than the
+/// time it saved (docs/benchmarks.md, seventh session). A commit of one
+/// transaction (a quiet source) still goes at the first pause.
+const GROUP_COMMIT_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Transactions handed to the sink and not yet committed there.
 struct Unflushed {
@@ -242,12 +250,27 @@ pub(super) async fn run_session(
     let mut skipping = false;
     let tenant_name = || tenant.id.to_string();
     let mut unflushed: Option<Unflushed> = None;
+    // The last commit carried more than one transaction: the next group
+    // lingers (GROUP_COMMIT_LINGER), on this timer, armed for the group
+    // that started at `linger_for`.
+    let mut busy = false;
+    let linger = tokio::time::sleep(GROUP_COMMIT_LINGER);
+    tokio::pin!(linger);
+    let mut linger_for: Option<std::time::Instant> = None;
     let counters = ChangeCounters::new(&tenant.id.to_string());
     let mut lag_check = tokio::time::interval(SLOT_LAG_CHECK_INTERVAL);
     lag_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut epoch_check = tokio::time::interval(EPOCH_CHECK_INTERVAL);
     epoch_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if let (true, Some(u)) = (busy, &unflushed) {
+            if linger_for != Some(u.since) {
+                linger_for = Some(u.since);
+                linger.as_mut().reset(tokio::time::Instant::from_std(
+                    u.since + GROUP_COMMIT_LINGER,
+                ));
+            }
+        }
         let event = tokio::select! {
             biased;
             // Shutdown between transactions; inside one we read on to its
@@ -270,9 +293,14 @@ pub(super) async fn run_session(
             }
             // The next message from the server.
             event = session.recv() => event?,
-            // Nothing more is ready: commit what the sink holds.
-            _ = std::future::ready(()), if unflushed.is_some() => {
-                flush(sink, tenant, &mut unflushed, progress, &mut session).await?;
+            // Nothing more is ready: commit what the sink holds, at once
+            // unless the source has a backlog (see GROUP_COMMIT_LINGER).
+            _ = std::future::ready(()), if unflushed.is_some() && !busy => {
+                busy = flush(sink, tenant, &mut unflushed, progress, &mut session).await? > 1;
+                continue;
+            }
+            _ = &mut linger, if unflushed.is_some() && busy => {
+                busy = flush(sink, tenant, &mut unflushed, progress, &mut session).await? > 1;
                 continue;
             }
         };
@@ -413,7 +441,7 @@ pub(super) async fn run_session(
                 u.last_event = progress.last_written;
                 u.last_commit_ts = Some(commit_time_micros);
                 if u.txns >= GROUP_COMMIT_TXNS || u.since.elapsed() >= GROUP_COMMIT_MAX_DELAY {
-                    flush(sink, tenant, &mut unflushed, progress, &mut session).await?;
+                    busy = flush(sink, tenant, &mut unflushed, progress, &mut session).await? > 1;
                 }
             }
             // Idle: the walsender has decoded everything up to `wal_end` and
@@ -639,16 +667,17 @@ async fn write(
     Ok(())
 }
 
-/// Commits what the sink holds, then confirms it to Postgres.
+/// Commits what the sink holds, then confirms it to Postgres; the number of
+/// transactions it committed.
 async fn flush(
     sink: &dyn EventSink,
     tenant: &TenantConfig,
     unflushed: &mut Option<Unflushed>,
     progress: &mut Progress,
     session: &mut ReplicationSession,
-) -> Result<(), PipelineError> {
+) -> Result<usize, PipelineError> {
     let Some(u) = unflushed.take() else {
-        return Ok(());
+        return Ok(0);
     };
     sink.commit(Some(u.end))
         .await
@@ -667,7 +696,7 @@ async fn flush(
     progress.confirmed_end = progress.confirmed_end.max(u.end);
     progress.committed_event = progress.committed_event.max(u.last_event);
     session.confirm(progress.confirmed_end);
-    Ok(())
+    Ok(u.txns)
 }
 
 fn slot_name<'a>(tenant: &'a TenantConfig, slot: &'a SlotKind) -> &'a str {
