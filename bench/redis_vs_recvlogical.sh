@@ -5,7 +5,8 @@
 #   (a) 200,000 single-row transactions, (b) one 1,000,000-row transaction.
 # Prints, per workload: both elapsed times, their ratio (target <= 1.25),
 # changes/s, and walcast's CPU seconds and peak RSS; Postgres's and
-# redis-server's CPU, and the VM's steal time, during each reader's run.
+# redis-server's CPU, and the VM's steal time, during each reader's run; and how
+# many Redis transactions (batches) walcast sent.
 #
 # Usage: bash bench/redis_vs_recvlogical.sh [SINGLE_TXNS] [BIG_TXN_ROWS]
 # Needs the PostgreSQL server binaries, pg_recvlogical, pgbench, redis-server,
@@ -96,6 +97,7 @@ measure() { # $1: workload name, $2: number of changes
     STREAMED=$target
     local redis_cpu0 redis_cpu1
     redis_cpu0=$(redis-cli -p "$RPORT" info cpu | awk -F: '/^used_cpu_(sys|user):/ {t += $2} END {print t}')
+    redis-cli -p "$RPORT" config resetstat >/dev/null
     pg0=$(pg_cpu)
     steal0=$(steal)
     t0=$(date +%s.%N)
@@ -108,6 +110,10 @@ measure() { # $1: workload name, $2: number of changes
     walcast_steal=$(steal_s "$steal0")
     walcast_s=$(echo "$t1 - $t0" | bc -l)
     redis_cpu1=$(redis-cli -p "$RPORT" info cpu | awk -F: '/^used_cpu_(sys|user):/ {t += $2} END {print t}')
+    # walcast's Redis transactions (one per batch): few and large when
+    # group commit works.
+    local batches
+    batches=$(redis-cli -p "$RPORT" info commandstats | awk -F'[=,:]' '/^cmdstat_exec:/ {print $3}')
     local stat hwm cpu
     hwm=$(awk '/VmHWM/ {print $2}' "/proc/$WALCAST_PID/status")
     stat=($(cut -d' ' -f14,15 "/proc/$WALCAST_PID/stat"))
@@ -118,8 +124,8 @@ measure() { # $1: workload name, $2: number of changes
         "$recv_s" "$(echo "$changes / $recv_s" | bc -l)" "$pg_recv" "$recv_steal"
     printf '  walcast into redis:          %.2f s (%.0f changes/s), cpu %.2f s, peak rss %d MiB\n' \
         "$walcast_s" "$(echo "$changes / $walcast_s" | bc -l)" "$cpu" "$((hwm / 1024))"
-    printf '  redis-server cpu meanwhile:   %.2f s, postgres cpu %.2f s, steal %.2f s\n' \
-        "$(echo "$redis_cpu1 - $redis_cpu0" | bc -l)" "$pg_walcast" "$walcast_steal"
+    printf '  redis-server cpu meanwhile:   %.2f s, postgres cpu %.2f s, steal %.2f s, %s redis transactions\n' \
+        "$(echo "$redis_cpu1 - $redis_cpu0" | bc -l)" "$pg_walcast" "$walcast_steal" "${batches:-0}"
     printf '  ratio walcast / pg_recvlogical: %.2f (target <= 1.25)\n' "$(echo "$walcast_s / $recv_s" | bc -l)"
 }
 
