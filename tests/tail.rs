@@ -174,3 +174,46 @@ fn an_idle_slot_does_not_pin_wal() {
     let (status, _, _) = tail.interrupt();
     assert!(status.success());
 }
+
+#[test]
+fn temporary_slot_on_wal_level_replica_exits_1_with_the_fix() {
+    let db = TenantDb::start_with(PostgresOptions {
+        wal_level: "replica".into(),
+        ..PostgresOptions::default()
+    });
+    db.sql("create publication walcast_acme for table tasks");
+    let dir = TempDir::new("tail-replica");
+    let config = config_for(&db, &dir, "\"public.tasks\"");
+    // It needs a human: tail says so and exits 1, it does not retry.
+    let mut child = std::process::Command::new(walcast_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["tail", "--tenant", "acme", "--temporary-slot"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run walcast tail");
+    let stderr = text_of(child.stderr.take().unwrap());
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "tail --temporary-slot did not exit on wal_level=replica:\n{}",
+                stderr.lock().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let stderr = stderr.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("(to fix: set wal_level = logical (ALTER SYSTEM SET wal_level = logical;"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("to fix: ;"), "{stderr}");
+}

@@ -22,8 +22,13 @@ pub enum SinkError {
     /// The reader went away (for example `walcast tail | head`): stop quietly.
     #[error("output closed by its reader")]
     Closed,
-    #[error("writing events failed")]
-    Io(#[source] std::io::Error),
+    /// Standard output (or the file it points to) refused a write.
+    #[error("writing events to standard output failed")]
+    Output(#[source] std::io::Error),
+    /// The task that writes a tenant's batches to Redis ended abnormally
+    /// (a panic): a new session starts a new one.
+    #[error("the redis writer task ended abnormally: {0}")]
+    WriterFailed(String),
     #[error("redis refused the write")]
     Redis(#[source] ::redis::RedisError),
     #[error("could not connect to redis")]

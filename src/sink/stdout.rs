@@ -26,7 +26,7 @@ fn map_err(err: std::io::Error) -> SinkError {
     if err.kind() == ErrorKind::BrokenPipe {
         SinkError::Closed
     } else {
-        SinkError::Io(err)
+        SinkError::Output(err)
     }
 }
 

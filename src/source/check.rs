@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 use super::setup::{published_tables, quote_ident, quote_table, slot_exists};
 use super::SourceError;
 use crate::config::TenantConfig;
-use crate::tenant::error_chain;
+use crate::report::error_chain;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

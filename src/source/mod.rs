@@ -82,14 +82,18 @@ impl SourceError {
     }
 }
 
-/// SQLSTATE classes that say "try again later": 08 connection exception,
-/// 40 transaction rollback, 53 insufficient resources, 55 object in use (a
-/// slot held by another session), 57 operator intervention (shutdown,
-/// starting up), 58 system error.
+/// SQLSTATEs that say "try again later": the classes 08 connection
+/// exception, 40 transaction rollback, 53 insufficient resources, 57
+/// operator intervention (shutdown, starting up) and 58 system error, and of
+/// class 55 only 55006 object in use (a slot held by another session) and
+/// 55P03 lock not available. The rest of class 55, "object not in
+/// prerequisite state" (55000: `wal_level` is not `logical`), needs a human.
 fn transient_sqlstate(code: &str) -> bool {
-    ["08", "40", "53", "55", "57", "58"]
+    ["08", "40", "53", "57", "58"]
         .iter()
         .any(|class| code.starts_with(class))
+        || code == "55006"
+        || code == "55P03"
 }
 
 #[cfg(test)]
@@ -101,6 +105,7 @@ mod tests {
         assert!(transient_sqlstate("57P03")); // the database system is starting up
         assert!(transient_sqlstate("55006")); // replication slot is active
         assert!(transient_sqlstate("53300")); // too many connections
+        assert!(!transient_sqlstate("55000")); // logical decoding requires wal_level >= logical
         assert!(!transient_sqlstate("28P01")); // wrong password
         assert!(!transient_sqlstate("42501")); // insufficient privilege
         assert!(!transient_sqlstate("42704")); // slot does not exist

@@ -212,12 +212,12 @@ fn replication_error(
     let text = source.to_string();
     let hint = if text.contains("does not exist") && text.contains("slot") {
         format!(
-            "; create the slot with `walcast setup` (slot {})",
+            "create the slot with `walcast setup` (slot {})",
             tenant.slot
         )
     } else if text.contains("publication") && text.contains("does not exist") {
         format!(
-            "; create the publication with `walcast setup` (publication {})",
+            "create the publication with `walcast setup` (publication {})",
             tenant.publication
         )
     } else if text.contains("is active for PID") {
@@ -229,7 +229,7 @@ fn replication_error(
             tenant.id
         )
     } else if text.contains("logical decoding requires wal_level") || text.contains("wal_level") {
-        "; set wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)"
+        "set wal_level = logical (ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)"
             .to_string()
     } else if matches!(source, PgWireError::Auth(_))
         || text.contains("28P01")

@@ -3,14 +3,19 @@
 //! its own connections, task and back-off.
 
 mod pipeline;
+pub mod policy;
 mod restart;
 pub mod snapshot;
 
 pub use pipeline::{PipelineError, PipelineOptions};
+pub use policy::{directive, Directive};
 pub use restart::{Backoff, INITIAL_BACKOFF, MAX_BACKOFF};
+
+pub use crate::report::{error_chain, panic_message};
 
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +32,8 @@ pub enum TenantState {
         error: String,
     },
     Stopped,
-    /// Gave up (only with `PipelineOptions::give_up_on_definite`).
+    /// Gave up: its output is gone, or (only with
+    /// `PipelineOptions::give_up_on_definite`) it needs a human.
     Failed {
         error: String,
     },
@@ -40,8 +46,10 @@ pub struct TenantHandle {
     pub state: watch::Receiver<TenantState>,
 }
 
-/// Runs one tenant until `cancel` fires (or, with `give_up_on_definite`, until
-/// an error that needs a human). Returns the error it gave up on, if any.
+/// Runs one tenant until `cancel` fires, its output is gone, or (with
+/// `give_up_on_definite`) an error needs a human. Returns the error it gave
+/// up on, if any. Errors and panics of a session restart it as
+/// `policy::directive` says.
 pub async fn run_tenant(
     tenant: TenantConfig,
     options: PipelineOptions,
@@ -60,7 +68,10 @@ pub async fn run_tenant(
     let mut backoff = Backoff::new(seed);
     let mut progress = pipeline::Progress::default();
     loop {
-        let result = pipeline::run_session(
+        // A panic anywhere in the session ends this session only: the
+        // tenant restarts from its last confirmed position (`progress`
+        // moves only after the sink committed), other tenants never notice.
+        let session = pipeline::run_session(
             &tenant,
             &options,
             &*sink,
@@ -68,8 +79,17 @@ pub async fn run_tenant(
             &state,
             &mut progress,
             &mut backoff,
-        )
-        .await;
+        );
+        let result = match std::panic::AssertUnwindSafe(session).catch_unwind().await {
+            Ok(result) => result,
+            Err(panic) => {
+                metrics::counter!(crate::metrics::TENANT_PANICS, crate::metrics::TENANT => tenant.id.to_string()).increment(1);
+                Err(PipelineError::Panicked {
+                    tenant: tenant.id.to_string(),
+                    message: panic_message(&*panic),
+                })
+            }
+        };
         let err = match result {
             Ok(()) => {
                 state.send_replace(TenantState::Stopped);
@@ -78,13 +98,23 @@ pub async fn run_tenant(
             Err(err) => err,
         };
         let text = error_chain(&err);
-        if err.is_fatal() || (options.give_up_on_definite && !err.is_transient()) {
+        let directive = directive(&err);
+        let give_up = match directive {
+            Directive::Stop => true,
+            Directive::Park => options.give_up_on_definite,
+            Directive::Retry => false,
+        };
+        if give_up {
             state.send_replace(TenantState::Failed { error: text });
             return Err(err);
         }
         metrics::counter!(crate::metrics::TENANT_RECONNECTS, crate::metrics::TENANT => tenant.id.to_string()).increment(1);
-        let delay = backoff.next_delay(!err.is_transient());
-        tracing::warn!(tenant = %tenant.id, error = %text, retry_in_ms = delay.as_millis() as u64, "tenant stream failed, retrying");
+        let delay = backoff.next_delay(directive == Directive::Park);
+        if directive == Directive::Park {
+            tracing::error!(tenant = %tenant.id, error = %text, retry_in_ms = delay.as_millis() as u64, "tenant needs a fix (see the error); retrying slowly");
+        } else {
+            tracing::warn!(tenant = %tenant.id, error = %text, retry_in_ms = delay.as_millis() as u64, "tenant stream failed, retrying");
+        }
         state.send_replace(TenantState::Retrying {
             attempt: backoff.attempt(),
             error: text,
@@ -128,20 +158,4 @@ pub async fn resync(
     // the snapshot's point.
     drop(pending);
     Ok(true)
-}
-
-/// An error and its causes on one line, joined by ": ".
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some errors repeat their cause in their own text: say it once.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

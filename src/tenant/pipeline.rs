@@ -15,7 +15,7 @@ use super::{Backoff, TenantState};
 use crate::apply::{Applier, ApplyError};
 use crate::config::TenantConfig;
 use crate::decode::{decode, DecodeError, PgOutputMessage};
-use crate::model::{ChangeEvent, EventId, Lsn, Op, TableName};
+use crate::model::{ChangeEvent, EventId, HubFeed, HubInput, Lsn, Op, TableName};
 use crate::sink::{EventSink, RedisSink, SinkError};
 use crate::source::{self, PendingSession, ReplicationSession, SlotKind, SourceError};
 
@@ -99,9 +99,10 @@ pub struct PipelineOptions {
     /// The tenant's Redis sink (the same object as the pipeline's sink),
     /// for the initial snapshot and the epoch check.
     pub mirror: Option<Arc<RedisSink>>,
-    /// The tenant's delivery hub: told the tables' columns, and told when
-    /// the stream restarts at a new snapshot.
+    /// The tenant's delivery hub: told the tables' columns.
     pub hub: Option<Arc<crate::hub::TenantHub>>,
+    /// The hub's feed: told when the stream restarts at a new snapshot.
+    pub feed: Option<HubFeed>,
     /// Warn when the slot holds more unconfirmed WAL than this.
     pub slot_lag_warn_bytes: u64,
 }
@@ -115,12 +116,13 @@ impl Default for PipelineOptions {
             give_up_on_definite: false,
             mirror: None,
             hub: None,
+            feed: None,
             slot_lag_warn_bytes: crate::config::DEFAULT_SLOT_LAG_WARN_BYTES,
         }
     }
 }
 
-/// Why a session ended. `is_transient` decides how soon to retry.
+/// Why a session ended. `super::policy::directive` decides what follows.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
@@ -153,39 +155,10 @@ pub enum PipelineError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-}
-
-impl PipelineError {
-    /// Retrying soon may help (a network blip, a restarting server, bad bytes).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            PipelineError::Source(e) => e.is_transient(),
-            PipelineError::Decode { .. }
-            | PipelineError::Apply { .. }
-            | PipelineError::StreamEnded { .. } => true,
-            PipelineError::Sink { source, .. } => {
-                matches!(
-                    source,
-                    SinkError::Lost
-                        | SinkError::Redis(_)
-                        | SinkError::Connect(_)
-                        | SinkError::Abandoned
-                )
-            }
-            PipelineError::Snapshot { .. } => true,
-        }
-    }
-
-    /// Nothing can continue (the output is gone).
-    pub fn is_fatal(&self) -> bool {
-        matches!(
-            self,
-            PipelineError::Sink {
-                source: SinkError::Closed | SinkError::Io(_),
-                ..
-            }
-        )
-    }
+    /// A bug: the session's code panicked. The tenant restarts from its last
+    /// confirmed position; other tenants go on.
+    #[error("tenant {tenant}: the pipeline panicked ({message}); restarting the tenant from its last confirmed position")]
+    Panicked { tenant: String, message: String },
 }
 
 /// What survives a reconnect: what the sink has, and what Postgres was told.
@@ -222,14 +195,16 @@ pub(super) async fn run_session(
     }
     // The regular connection stays open for catalog look-ups of column types.
     let (catalog, pending) = prepare(tenant, options).await?;
-    if let Some(hub) = &options.hub {
-        if let Some(pending) = &pending {
-            // A new snapshot: what live subscribers had may have a hole.
-            hub.fanout.reset(EventId {
+    if let (Some(feed), Some(pending)) = (&options.feed, &pending) {
+        // A new snapshot: what live subscribers had may have a hole.
+        feed.send(HubInput::Reset {
+            complete_from: EventId {
                 commit_lsn: pending.start_lsn(),
                 index: 0,
-            });
-        }
+            },
+        });
+    }
+    if let Some(hub) = &options.hub {
         learn_columns(&catalog, tenant, hub).await;
     }
     let mut session = match pending {
@@ -243,6 +218,7 @@ pub(super) async fn run_session(
     // Whatever way this session ends, the slot is no longer read by it.
     let _inactive_on_exit = SlotInactiveOnDrop(tenant.id.to_string());
     backoff.reset();
+    crate::fault::inject("pipeline", tenant.id.as_str());
 
     let mut applier = Applier::new(tenant.id.as_arc());
     let mut events: Vec<ChangeEvent> = Vec::new();
@@ -721,6 +697,7 @@ mod tests {
 
     use super::*;
     use crate::tenant::error_chain;
+    use crate::tenant::policy::{directive, Directive};
 
     /// Bad bytes end the session with an error that says which message and
     /// byte, and that `run_tenant` retries (transient, not fatal): the next
@@ -734,8 +711,7 @@ mod tests {
             tenant: "acme".into(),
             source: decode(&bad).unwrap_err(),
         };
-        assert!(err.is_transient());
-        assert!(!err.is_fatal());
+        assert_eq!(directive(&err), Directive::Retry);
         assert_eq!(
             error_chain(&err),
             "tenant acme: bad pgoutput data, reconnecting from the last confirmed position: \
@@ -745,7 +721,7 @@ mod tests {
             tenant: "acme".into(),
             source: decode(&Bytes::from_static(b"Zxyz")).unwrap_err(),
         };
-        assert!(unknown.is_transient());
+        assert_eq!(directive(&unknown), Directive::Retry);
         assert!(error_chain(&unknown).ends_with("unknown pgoutput message tag 0x5a at byte 0"));
     }
 }
