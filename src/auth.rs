@@ -627,6 +627,24 @@ struct JwtHeader {
 }
 
 impl Authenticator {
+    /// A principal of role `anon` that may read every table of `tenant`
+    /// (for tests, benches and fuzz targets).
+    #[doc(hidden)]
+    pub fn anonymous_reader(tenant: &str) -> Principal {
+        let config = AuthConfig {
+            allow_anonymous: true,
+            rules: vec![AccessRule {
+                role: ANON_ROLE.into(),
+                table: TableMatch::Any,
+                filters: Vec::new(),
+            }],
+            ..AuthConfig::default()
+        };
+        Authenticator::new(&config)
+            .verify("", tenant, 0)
+            .expect("an anonymous request is allowed")
+    }
+
     pub fn new(config: &AuthConfig) -> Authenticator {
         Authenticator {
             config: Arc::new(config.clone()),

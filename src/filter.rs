@@ -283,8 +283,233 @@ fn compare(value: &Datum, literal: &str, kind: Option<ColumnKind>) -> Option<Ord
     }
 }
 
+/// A filter with its literals parsed once for its column's kind: what is
+/// evaluated for every event. `eq` compares with a literal read once, and
+/// `in.(…)` is one hash look-up whatever the number of values. Where the
+/// kind is unknown, or a value does not have the shape its kind leads to
+/// expect, it evaluates as `RowFilter::matches_as` does, so the result is
+/// always the same.
+#[derive(Debug, Clone)]
+pub struct PreparedFilter {
+    filter: RowFilter,
+    kind: Option<ColumnKind>,
+    prepared: Prepared,
+}
+
+#[derive(Debug, Clone)]
+enum Prepared {
+    /// No fast path: `RowFilter::matches_as`.
+    Generic,
+    /// A comparison with one literal; `negate`: `neq`.
+    Compare {
+        negate: bool,
+        literal: Literal,
+    },
+    In(InSet),
+}
+
+/// A literal parsed for its column's kind.
+#[derive(Debug, Clone)]
+enum Literal {
+    /// A number, with its `i64` when the text is one (compared as integers
+    /// against integer values, as `compare` does).
+    Number(Option<i64>, Number),
+    Instant(i128),
+    Bool(bool),
+    Text(String),
+}
+
+/// The values of an `in.(…)`, by the kind's key.
+#[derive(Debug, Clone)]
+enum InSet {
+    Number {
+        ints: std::collections::HashSet<i64>,
+        others: std::collections::HashSet<Number>,
+    },
+    Instant(std::collections::HashSet<i128>),
+    Bool {
+        any_true: bool,
+        any_false: bool,
+    },
+    Text(std::collections::HashSet<String>),
+}
+
+impl PreparedFilter {
+    pub fn new(filter: RowFilter, kind: Option<ColumnKind>) -> PreparedFilter {
+        let prepared = kind
+            .and_then(|kind| prepare(&filter.op, kind))
+            .unwrap_or(Prepared::Generic);
+        PreparedFilter {
+            filter,
+            kind,
+            prepared,
+        }
+    }
+
+    pub fn filter(&self) -> &RowFilter {
+        &self.filter
+    }
+
+    pub fn kind(&self) -> Option<ColumnKind> {
+        self.kind
+    }
+
+    /// Whether the row passes: the same answer as
+    /// `self.filter().matches_as(row, self.kind())`.
+    pub fn matches(&self, row: &RowImage) -> bool {
+        let fast = match &self.prepared {
+            Prepared::Generic => None,
+            Prepared::Compare { negate, literal } => row
+                .get(&self.filter.column)
+                .and_then(|value| compare_literal(value, literal))
+                .map(|found| match (found, negate) {
+                    (Some(found), false) => accepts(&self.filter.op, found),
+                    (Some(found), true) => found != Ordering::Equal,
+                    (None, _) => false,
+                }),
+            Prepared::In(set) => row
+                .get(&self.filter.column)
+                .and_then(|value| in_set(value, set)),
+        };
+        match fast {
+            Some(answer) => answer,
+            None => self.filter.matches_as(row, self.kind),
+        }
+    }
+}
+
+/// Whether `found` satisfies the comparison operator `op`.
+fn accepts(op: &FilterOp, found: Ordering) -> bool {
+    match op {
+        FilterOp::Eq(_) => found == Ordering::Equal,
+        FilterOp::Lt(_) => found == Ordering::Less,
+        FilterOp::Lte(_) => found != Ordering::Greater,
+        FilterOp::Gt(_) => found == Ordering::Greater,
+        FilterOp::Gte(_) => found != Ordering::Less,
+        _ => false,
+    }
+}
+
+fn prepare(op: &FilterOp, kind: ColumnKind) -> Option<Prepared> {
+    let literal = |text: &str| -> Option<Literal> {
+        Some(match kind {
+            ColumnKind::Number => Literal::Number(text.parse().ok(), Number::parse(text)?),
+            ColumnKind::Time => Literal::Instant(instant(text)?),
+            ColumnKind::Bool => Literal::Bool(match text {
+                "true" => true,
+                "false" => false,
+                _ => return None,
+            }),
+            ColumnKind::Text => Literal::Text(text.to_owned()),
+            ColumnKind::Structured => return None,
+        })
+    };
+    let compare = |text: &str, negate: bool| {
+        Some(Prepared::Compare {
+            negate,
+            literal: literal(text)?,
+        })
+    };
+    match op {
+        FilterOp::Eq(v)
+        | FilterOp::Lt(v)
+        | FilterOp::Lte(v)
+        | FilterOp::Gt(v)
+        | FilterOp::Gte(v) => compare(v, false),
+        FilterOp::Neq(v) => compare(v, true),
+        FilterOp::In(list) => {
+            let set = match kind {
+                ColumnKind::Number => {
+                    let mut ints = std::collections::HashSet::new();
+                    let mut others = std::collections::HashSet::new();
+                    for v in list {
+                        let number = Number::parse(v)?;
+                        match number.as_i64() {
+                            Some(i) => ints.insert(i),
+                            None => others.insert(number),
+                        };
+                    }
+                    InSet::Number { ints, others }
+                }
+                ColumnKind::Time => {
+                    InSet::Instant(list.iter().map(|v| instant(v)).collect::<Option<_>>()?)
+                }
+                ColumnKind::Bool => InSet::Bool {
+                    any_true: list.iter().any(|v| v == "true"),
+                    any_false: list.iter().any(|v| v == "false"),
+                },
+                ColumnKind::Text => InSet::Text(list.iter().cloned().collect()),
+                ColumnKind::Structured => return None,
+            };
+            Some(Prepared::In(set))
+        }
+        FilterOp::IsNull | FilterOp::NotNull => None,
+    }
+}
+
+/// `compare` against a parsed literal: `Some(None)` when they cannot be
+/// compared, `None` when the value is not of the shape the fast path knows
+/// (then `compare` decides).
+fn compare_literal(value: &Datum, literal: &Literal) -> Option<Option<Ordering>> {
+    Some(match (value, literal) {
+        (Datum::Null, _) => None,
+        (Datum::Int(i), Literal::Number(Some(l), _)) => Some(i.cmp(l)),
+        (Datum::Float(_) | Datum::Text(_), Literal::Number(_, l)) => {
+            value_number(value)?.partial_cmp(l)
+        }
+        (Datum::Text(s), Literal::Instant(l)) => Some(instant(s)?.cmp(l)),
+        (Datum::Bool(b), Literal::Bool(l)) => Some(b.cmp(l)),
+        (Datum::Text(s) | Datum::Json(s), Literal::Text(l)) => Some(s.as_str().cmp(l)),
+        _ => return None,
+    })
+}
+
+/// A float's or a numeric's number, as `compare` reads it.
+fn value_number(value: &Datum) -> Option<Number> {
+    match value {
+        Datum::Float(f) => Number::parse(&f.to_string()),
+        Datum::Text(s) => Number::parse(s),
+        _ => None,
+    }
+}
+
+/// The `in.(…)` answer by look-up, `None` for a value of another shape.
+fn in_set(value: &Datum, set: &InSet) -> Option<bool> {
+    Some(match (value, set) {
+        (Datum::Null, _) => false,
+        (Datum::Int(i), InSet::Number { ints, .. }) => ints.contains(i),
+        (Datum::Float(_) | Datum::Text(_), InSet::Number { ints, others }) => {
+            match value_number(value) {
+                None => false,
+                Some(number) => match number.as_i64() {
+                    Some(i) => ints.contains(&i),
+                    None => others.contains(&number),
+                },
+            }
+        }
+        (Datum::Text(s), InSet::Instant(set)) => instant(s).is_some_and(|i| set.contains(&i)),
+        (
+            Datum::Bool(b),
+            InSet::Bool {
+                any_true,
+                any_false,
+            },
+        ) => {
+            if *b {
+                *any_true
+            } else {
+                *any_false
+            }
+        }
+        (Datum::Text(s) | Datum::Json(s), InSet::Text(set)) => set.contains(s.as_str()),
+        _ => return None,
+    })
+}
+
 /// A decimal number compared exactly: `0.d1d2… × 10^exp`, or a special.
-#[derive(Debug, PartialEq)]
+/// The form is canonical (no leading or trailing zeros, zero without sign
+/// or exponent), so equal numbers are equal values and hash alike.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Number {
     NegInfinity,
     Finite {
@@ -335,6 +560,32 @@ impl Number {
             exp: if digits.is_empty() { 0 } else { exp },
             digits,
         })
+    }
+
+    /// The number as an `i64`, when it is an integer that fits.
+    fn as_i64(&self) -> Option<i64> {
+        let Number::Finite {
+            negative,
+            digits,
+            exp,
+        } = self
+        else {
+            return None;
+        };
+        if digits.is_empty() {
+            return Some(0);
+        }
+        if *exp < digits.len() as i64 || *exp > 19 {
+            return None;
+        }
+        let mut value: i128 = 0;
+        for d in digits {
+            value = value * 10 + i128::from(d - b'0');
+        }
+        for _ in digits.len() as i64..*exp {
+            value *= 10;
+        }
+        i64::try_from(if *negative { -value } else { value }).ok()
     }
 
     fn rank(&self) -> u8 {
@@ -498,6 +749,124 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The prepared filter answers as the filter does, for every operator,
+    /// kind and value shape, including values its fast paths do not take.
+    #[test]
+    fn prepared_filters_answer_as_the_filters_do() {
+        let values = [
+            Datum::Null,
+            Datum::Int(0),
+            Datum::Int(42),
+            Datum::Int(-7),
+            Datum::Int(100),
+            Datum::Int(i64::MAX),
+            Datum::Float(0.5),
+            Datum::Float(42.0),
+            Datum::Float(f64::NAN),
+            Datum::Float(-0.0),
+            Datum::Float(1e300),
+            Datum::Text("42".into()),
+            Datum::Text("42.000".into()),
+            Datum::Text("NaN".into()),
+            Datum::Text("Infinity".into()),
+            Datum::Text("123456789012345678901234567890.5".into()),
+            Datum::Text("running".into()),
+            Datum::Text("2026-11-28T03:14:02Z".into()),
+            Datum::Text("2026-11-28 04:14:02+01".into()),
+            Datum::Text("2026-11-28".into()),
+            Datum::Text("03:14".into()),
+            Datum::Text("".into()),
+            Datum::Json("{\"a\":1}".into()),
+            Datum::Bool(true),
+            Datum::Bool(false),
+            Datum::Array(vec![Datum::Int(1)]),
+        ];
+        let literals = [
+            "42",
+            "42.0",
+            "4.2e1",
+            "1e2",
+            "-7",
+            "0",
+            "-0",
+            "0.5",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "9223372036854775807",
+            "9223372036854775808",
+            "123456789012345678901234567890.5",
+            "running",
+            "queued",
+            "true",
+            "false",
+            "2026-11-28T03:14:02Z",
+            "2026-11-28",
+            "2026-11-28T04:14:02+01:00",
+            "03:14:00",
+            "",
+            "abc",
+            "{\"a\":1}",
+        ];
+        let kinds = [
+            None,
+            Some(ColumnKind::Number),
+            Some(ColumnKind::Text),
+            Some(ColumnKind::Time),
+            Some(ColumnKind::Bool),
+            Some(ColumnKind::Structured),
+        ];
+        let mut filters: Vec<String> = Vec::new();
+        for op in ["eq", "neq", "lt", "lte", "gt", "gte"] {
+            for literal in literals {
+                filters.push(format!("v={op}.{literal}"));
+            }
+        }
+        for window in literals.windows(3) {
+            filters.push(format!("v=in.({})", window.join(",")));
+        }
+        filters.push("v=in.(42,NaN,true,running,2026-11-28,1e2,0.5)".into());
+        filters.push("v=is.null".into());
+        filters.push("v=not.is.null".into());
+        let mut checked = 0;
+        for text in &filters {
+            let filter = RowFilter::parse(text).unwrap();
+            for kind in kinds {
+                let prepared = PreparedFilter::new(filter.clone(), kind);
+                for value in &values {
+                    let row = RowImage(vec![("v".into(), value.clone())]);
+                    assert_eq!(
+                        prepared.matches(&row),
+                        filter.matches_as(&row, kind),
+                        "{text} as {kind:?} on {value:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 20_000, "{checked}");
+        // The fast paths are taken where the kind is known.
+        let prepared = |text: &str, kind| {
+            PreparedFilter::new(RowFilter::parse(text).unwrap(), Some(kind)).prepared
+        };
+        assert!(matches!(
+            prepared("v=in.(1,2)", ColumnKind::Number),
+            Prepared::In(InSet::Number { .. })
+        ));
+        assert!(matches!(
+            prepared("v=in.(a,b)", ColumnKind::Text),
+            Prepared::In(InSet::Text(_))
+        ));
+        assert!(matches!(
+            prepared("v=eq.a", ColumnKind::Text),
+            Prepared::Compare { negate: false, .. }
+        ));
+        assert!(matches!(
+            prepared("v=neq.2026-01-01", ColumnKind::Time),
+            Prepared::Compare { negate: true, .. }
+        ));
+    }
 
     fn row() -> RowImage {
         RowImage(vec![

@@ -9,7 +9,7 @@
 //!    catalog look-ups, snapshot)     replication) no I/O)    JSON)      or stdout + memory ring)
 //!                                                                        │ once durable
 //!                                                                        ▼
-//!                                   http (SSE, WebSocket, state) ◀── hub (fanout, history)
+//!                                   http (SSE, WebSocket, state) ◀── hub task (fanout, history)
 //! ```
 //!
 //! One task per tenant (`tenant`) runs source → decode → apply → sink; decode
@@ -30,12 +30,15 @@
 //! - `auth`: who may read what: JWT → `Principal`, per-role table rules and
 //!   row filters bound to claims (pure; used by the HTTP layer);
 //! - `app`, `commands`, `demo`: wiring of `run`/`tail`, `check`/`setup`/`resync`, and `demo`;
-//! - `hub`: delivery per tenant: subscriptions, the table-indexed fanout the
-//!   sinks publish durable events to, resume history, feeds, state reads;
+//! - `hub`: delivery per tenant: subscriptions, the table-indexed fanout that
+//!   the tenant's hub task publishes durable events to (fed by value through
+//!   `model::HubFeed`), resume history, feeds, state reads;
 //! - `http`: the HTTP server: the client API (SSE, WebSocket, state), the
 //!   inspector page and the operations endpoints;
 //! - `metrics`: metric names and descriptions;
-//! - `localdev`: throwaway local Postgres clusters and redis-servers (tests).
+//! - `report`: errors and panics as one line of text;
+//! - `localdev`: throwaway local Postgres clusters and redis-servers (tests);
+//! - `fault`: fault injection for the failure-containment tests (debug builds).
 
 pub mod app;
 pub mod apply;
@@ -45,12 +48,14 @@ pub mod commands;
 pub mod config;
 pub mod decode;
 pub mod demo;
+pub mod fault;
 pub mod filter;
 pub mod http;
 pub mod hub;
 pub mod localdev;
 pub mod metrics;
 pub mod model;
+pub mod report;
 pub mod sink;
 pub mod source;
 pub mod tenant;

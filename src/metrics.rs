@@ -15,6 +15,20 @@ pub const SOURCE_CHANGES: &str = "walcast_source_changes_total";
 pub const SOURCE_TRANSACTIONS: &str = "walcast_source_transactions_total";
 /// Replication sessions that ended in an error and were retried.
 pub const TENANT_RECONNECTS: &str = "walcast_tenant_reconnects_total";
+/// Sessions of the tenant that ended in a panic (a bug; the tenant restarted).
+pub const TENANT_PANICS: &str = "walcast_tenant_panics_total";
+/// Panics while delivering a tenant's events (its subscribers were cut off).
+pub const HUB_PANICS: &str = "walcast_hub_panics_total";
+/// Connections open now, by listener (`client`, `ops`).
+pub const HTTP_CONNECTIONS: &str = "walcast_http_connections";
+/// Connections and streams refused by a cap, by reason.
+pub const HTTP_REFUSED: &str = "walcast_http_refused_total";
+/// Connections closed by a deadline, by kind (`head`, `write`).
+pub const HTTP_TIMEOUTS: &str = "walcast_http_timeouts_total";
+/// Label key: which listeners (`client`, `ops`).
+pub const LISTENER: &str = "listener";
+/// Label key: which deadline.
+pub const KIND: &str = "kind";
 /// Seconds from commit in Postgres to durably in the sink, of the last
 /// transaction written.
 pub const SOURCE_LAG_SECONDS: &str = "walcast_source_lag_seconds";
@@ -47,7 +61,8 @@ pub const DELIVERY_SUBSCRIBERS: &str = "walcast_delivery_subscribers";
 pub const DELIVERY_EVENTS: &str = "walcast_delivery_events_total";
 /// Events a subscriber's full queue could not take (it is cut off).
 pub const DELIVERY_DROPPED: &str = "walcast_delivery_dropped_events_total";
-/// Subscribers cut off because they did not keep up.
+/// Subscribers cut off because they did not keep up, by reason
+/// (`queue_events`, `queue_bytes`, `delivery_buffer`, `hub_behind`).
 pub const DELIVERY_SLOW_DISCONNECTS: &str = "walcast_delivery_slow_disconnects_total";
 /// Requests refused by authentication or access rules, by reason.
 pub const DELIVERY_AUTH_FAILURES: &str = "walcast_delivery_auth_failures_total";
@@ -82,6 +97,26 @@ pub fn describe() {
     metrics::describe_counter!(
         TENANT_RECONNECTS,
         "Replication sessions that ended in an error and were retried."
+    );
+    metrics::describe_counter!(
+        TENANT_PANICS,
+        "Sessions of the tenant that ended in a panic (the tenant restarted alone)."
+    );
+    metrics::describe_counter!(
+        HUB_PANICS,
+        "Panics while delivering a tenant's events (its subscribers were cut off and resume)."
+    );
+    metrics::describe_gauge!(
+        HTTP_CONNECTIONS,
+        "Connections open now, by listener (client, ops)."
+    );
+    metrics::describe_counter!(
+        HTTP_REFUSED,
+        "Client connections and streams refused by a cap, by reason."
+    );
+    metrics::describe_counter!(
+        HTTP_TIMEOUTS,
+        "Client connections closed by a deadline, by kind (head, write)."
     );
     metrics::describe_gauge!(
         SOURCE_SLOT_LAG_BYTES,

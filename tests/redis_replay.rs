@@ -268,24 +268,29 @@ fn stream_retention_by_length_and_by_age() {
     assert_eq!(ids, ["30-0"]);
 }
 
-/// The durable-events callback hears of every batch once it is in Redis, in
-/// stream order, with exactly the events written; a batch Redis refused is
-/// never reported. Several batches are in flight at once here (a transaction
+/// The hub's feed hears of every batch once it is in Redis, in stream order,
+/// with exactly the events written; a batch Redis refused is never sent. Several batches are in flight at once here (a transaction
 /// of several chunks), and the script cache is flushed midway (NOSCRIPT).
 #[test]
-fn durable_callback_reports_batches_in_order_once_in_redis() {
+fn the_hub_feed_gets_batches_in_order_once_in_redis() {
     let redis = LocalRedis::start().expect("redis");
     let (sink, rt) = sink_for(
         &redis,
         "[[mirror]]\ntable = \"jobs\"\nindex = [\"status\"]\n",
     );
-    let reported: Arc<std::sync::Mutex<Vec<Vec<EventId>>>> = Arc::default();
-    let seen = Arc::clone(&reported);
-    sink.set_on_durable(Arc::new(move |events: &[ChangeEvent]| {
-        seen.lock()
-            .unwrap()
-            .push(events.iter().map(|e| e.id).collect());
-    }));
+    let (feed, mut received) = walcast::model::HubFeed::channel(1024);
+    sink.set_feed(feed);
+    let mut reported: Vec<Vec<EventId>> = Vec::new();
+    let mut drain = |reported: &mut Vec<Vec<EventId>>| {
+        while let Some(input) = received.try_recv() {
+            match input {
+                walcast::model::HubInput::Events(events) => {
+                    reported.push(events.iter().map(|e| e.id).collect())
+                }
+                other => panic!("only events are sent here: {other:?}"),
+            }
+        }
+    };
     let batch = walcast::sink::redis::BATCH_EVENTS as u32;
     let big: Vec<ChangeEvent> = (0..(3 * batch + 7))
         .map(|i| event(100, i, i64::from(i), "running"))
@@ -319,8 +324,8 @@ fn durable_callback_reports_batches_in_order_once_in_redis() {
         .iter()
         .map(|e| e["id"].as_str().unwrap().to_owned())
         .collect();
+    drain(&mut reported);
     {
-        let reported = reported.lock().unwrap();
         assert!(
             reported
                 .iter()
@@ -336,7 +341,7 @@ fn durable_callback_reports_batches_in_order_once_in_redis() {
 
     // Redis lost the tenant's data: the next transaction is refused and not
     // reported.
-    let before = reported.lock().unwrap().len();
+    let before = reported.len();
     let _: () = redis::cmd("DEL")
         .arg("walcast:{acme}:epoch")
         .query(&mut con)
@@ -352,11 +357,8 @@ fn durable_callback_reports_batches_in_order_once_in_redis() {
         matches!(refused, Err(walcast::sink::SinkError::Lost)),
         "{refused:?}"
     );
-    assert_eq!(
-        reported.lock().unwrap().len(),
-        before,
-        "nothing refused is reported"
-    );
+    drain(&mut reported);
+    assert_eq!(reported.len(), before, "nothing refused is sent");
 }
 
 /// One transaction that touches the same rows several times, so that its

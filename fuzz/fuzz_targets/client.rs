@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use walcast::auth::{AccessRule, AuthConfig, Authenticator, TableMatch};
+use walcast::auth::Authenticator;
 use walcast::filter::{ColumnKind, RowFilter};
 use walcast::http::client::Query;
 use walcast::hub::{Schema, Subscription};
@@ -95,16 +95,7 @@ fuzz_target!(|data: &[u8]| {
                     Err(_) => return,
                 }
             };
-            let config = AuthConfig {
-                allow_anonymous: true,
-                rules: vec![AccessRule {
-                    role: "anon".into(),
-                    table: TableMatch::Any,
-                    filters: Vec::new(),
-                }],
-                ..AuthConfig::default()
-            };
-            let principal = Authenticator::new(&config).verify("", "t", 0).expect("anonymous");
+            let principal = Authenticator::anonymous_reader("t");
             let schema = Schema::new([(
                 table.clone(),
                 ["id", "status", "at", "done", "tags"]

@@ -1,10 +1,17 @@
-//! The live half of delivery: sinks publish a tenant's events here once they
-//! are durable (the Redis script succeeded, or the in-memory ring committed
-//! them), and each event goes, as the bytes it was encoded to once, into the
-//! bounded queue of every subscriber whose subscription matches. The bound
-//! counts events not yet read; a publication (a transaction, or 500 events of
-//! a large one) into an empty queue is always taken, so that a burst from one
-//! large transaction does not count as a slow client.
+//! The live half of delivery: the hub's task publishes a tenant's events
+//! here once they are durable (the Redis write succeeded, or the in-memory
+//! ring committed them), and each event goes, as the bytes it was encoded to
+//! once, into the bounded queue of every subscriber whose subscription
+//! matches.
+//!
+//! A queue is bounded in events (`[server] subscriber_queue`) and in bytes
+//! (`subscriber_queue_bytes`); a publication (up to `PUBLISH_CHUNK` events of
+//! a transaction) into an empty queue is always taken, so that a burst from
+//! one large transaction does not count as a slow client. All queues
+//! together are bounded by one `DeliveryBudget` (`delivery_buffer_bytes`),
+//! which counts each queued event's bytes once however many queues hold it,
+//! for as long as any does: past it, only subscribers with nothing queued
+//! take more.
 //!
 //! Subscribers are indexed by table, so an event costs nothing for the
 //! subscribers of other tables. Publishing never waits: a subscriber whose
@@ -22,12 +29,130 @@ use tokio::sync::mpsc;
 use super::subscription::Subscription;
 use crate::model::{ChangeEvent, EventId, TableName};
 
+/// Events published at once: the hub's task yields between publications,
+/// so one tenant's large transaction does not hold a worker thread, and
+/// subscribing never waits long for the registry.
+pub const PUBLISH_CHUNK: usize = 64;
+
+/// The bounds of one subscriber's queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+/// The bytes of events queued for all subscribers of all tenants, against
+/// `[server] delivery_buffer_bytes`.
+#[derive(Debug)]
+pub struct DeliveryBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl DeliveryBudget {
+    pub fn new(limit: usize) -> Arc<DeliveryBudget> {
+        Arc::new(DeliveryBudget {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes queued now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    fn exceeded(&self) -> bool {
+        self.used() > self.limit
+    }
+}
+
+/// One published event's bytes, counted against the budget until the last
+/// queue that holds it lets go.
+#[derive(Debug)]
+pub struct Queued {
+    bytes: Bytes,
+    budget: Arc<DeliveryBudget>,
+}
+
+impl Queued {
+    fn new(bytes: Bytes, budget: &Arc<DeliveryBudget>) -> Arc<Queued> {
+        budget.used.fetch_add(bytes.len(), Ordering::AcqRel);
+        Arc::new(Queued {
+            bytes,
+            budget: Arc::clone(budget),
+        })
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.budget
+            .used
+            .fetch_sub(self.bytes.len(), Ordering::AcqRel);
+    }
+}
+
+/// What one queue entry costs besides the event's bytes (its id, the shared
+/// pointer, its part of the channel): counted against both bounds.
+pub const ENTRY_BYTES: usize = 48;
+
+/// The matching events of one publication for one subscriber, in order;
+/// their entries are counted against the budget until dropped.
+#[derive(Debug)]
+pub struct QueuedEvents {
+    events: Vec<(EventId, Arc<Queued>)>,
+    counted: usize,
+    budget: Arc<DeliveryBudget>,
+}
+
+impl QueuedEvents {
+    fn new(events: Vec<(EventId, Arc<Queued>)>, budget: &Arc<DeliveryBudget>) -> QueuedEvents {
+        let counted = events.len() * ENTRY_BYTES;
+        budget.used.fetch_add(counted, Ordering::AcqRel);
+        QueuedEvents {
+            events,
+            counted,
+            budget: Arc::clone(budget),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The bytes this publication counts against a subscriber's queue.
+    fn bytes(&self) -> usize {
+        self.events
+            .iter()
+            .map(|(_, q)| q.bytes.len() + ENTRY_BYTES)
+            .sum()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(EventId, Arc<Queued>)> {
+        self.events.iter()
+    }
+}
+
+impl Drop for QueuedEvents {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.counted, Ordering::AcqRel);
+    }
+}
+
 /// What a live subscriber receives.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Live {
-    /// The matching events of one publication (a transaction, or a chunk
-    /// of up to 500 events of a large one), in order.
-    Events(Vec<(EventId, Bytes)>),
+    /// The matching events of one publication, in order.
+    Events(QueuedEvents),
     /// The stream restarted after Redis lost the tenant's data: events
     /// before `complete_from` may be missing.
     Reset { complete_from: EventId },
@@ -36,7 +161,8 @@ pub enum Live {
 /// One tenant's subscribers.
 pub struct Fanout {
     tenant: Arc<str>,
-    queue: usize,
+    limits: QueueLimits,
+    budget: Arc<DeliveryBudget>,
     registry: Mutex<Registry>,
 }
 
@@ -49,6 +175,13 @@ struct Registry {
     last_published: Option<EventId>,
     next_id: u64,
     count: usize,
+}
+
+/// One subscriber's matching events of the publication being made.
+struct Pending {
+    slot: Slot,
+    events: Vec<(EventId, Arc<Queued>)>,
+    bytes: usize,
 }
 
 struct Slot {
@@ -74,6 +207,12 @@ struct Shared {
     lagged: AtomicBool,
     /// Events handed over and not yet taken by the receiver.
     queued: AtomicUsize,
+    /// Their bytes.
+    queued_bytes: AtomicUsize,
+    /// Set when the subscriber was cut off because events did not reach
+    /// the hub: it resumes after this id (just before the first of them)
+    /// if it has no later position of its own.
+    resume_after: std::sync::OnceLock<EventId>,
 }
 
 /// The receiving end of one subscription; unsubscribes when dropped.
@@ -105,6 +244,12 @@ impl LiveReceiver {
 }
 
 impl LiveReceiver {
+    /// Where a subscriber cut off by `Fanout::cut_all` resumes if it has no
+    /// position of its own.
+    pub fn resume_after(&self) -> Option<EventId> {
+        self.shared.resume_after.get().copied()
+    }
+
     /// What is already queued, without waiting (None: nothing now, or the
     /// end, which `recv` reports).
     pub fn try_recv(&mut self) -> Option<Live> {
@@ -114,6 +259,9 @@ impl LiveReceiver {
 
     fn taken(&self, live: Live) -> Live {
         if let Live::Events(events) = &live {
+            self.shared
+                .queued_bytes
+                .fetch_sub(events.bytes(), Ordering::AcqRel);
             self.shared.queued.fetch_sub(events.len(), Ordering::AcqRel);
         }
         live
@@ -127,10 +275,14 @@ impl Drop for LiveReceiver {
 }
 
 impl Fanout {
-    pub fn new(tenant: Arc<str>, queue: usize) -> Arc<Fanout> {
+    pub fn new(tenant: Arc<str>, limits: QueueLimits, budget: Arc<DeliveryBudget>) -> Arc<Fanout> {
         Arc::new(Fanout {
             tenant,
-            queue: queue.max(1),
+            limits: QueueLimits {
+                events: limits.events.max(1),
+                bytes: limits.bytes.max(1),
+            },
+            budget,
             registry: Mutex::new(Registry::default()),
         })
     }
@@ -141,7 +293,9 @@ impl Fanout {
 
     /// Registers a subscriber; events published from now on reach it.
     pub fn subscribe(self: &Arc<Self>, subscription: Arc<Subscription>) -> LiveReceiver {
-        let (tx, rx) = mpsc::channel(self.queue);
+        // The bound in events is kept by `Shared::queued`; the channel only
+        // needs room for publications, each at least one event.
+        let (tx, rx) = mpsc::channel(self.limits.events);
         let shared = Arc::new(Shared::default());
         let mut registry = self.lock();
         registry.next_id += 1;
@@ -200,10 +354,9 @@ impl Fanout {
     /// reconnect) is skipped.
     pub fn publish<'a>(&self, events: impl IntoIterator<Item = &'a ChangeEvent>) {
         let mut registry = self.lock();
-        let mut lagged: Vec<u64> = Vec::new();
         let (mut delivered, mut dropped) = (0u64, 0u64);
         // Each subscriber's matching events of this publication.
-        let mut batches: HashMap<u64, (Slot, Vec<(EventId, Bytes)>)> = HashMap::new();
+        let mut batches: HashMap<u64, Pending> = HashMap::new();
         for event in events {
             if registry.last_published.is_some_and(|last| event.id <= last) {
                 continue;
@@ -216,47 +369,81 @@ impl Fanout {
                 },
                 None => &registry.messages,
             };
+            let mut queued: Option<Arc<Queued>> = None;
             for slot in slots {
                 if slot.subscription.matches(event) {
-                    batches
-                        .entry(slot.id)
-                        .or_insert_with(|| (slot.clone(), Vec::new()))
-                        .1
-                        .push((event.id, event.encoded().clone()));
+                    let queued = queued
+                        .get_or_insert_with(|| Queued::new(event.encoded().clone(), &self.budget));
+                    let pending = batches.entry(slot.id).or_insert_with(|| Pending {
+                        slot: slot.clone(),
+                        events: Vec::new(),
+                        bytes: 0,
+                    });
+                    pending.events.push((event.id, Arc::clone(queued)));
+                    pending.bytes += event.encoded().len() + ENTRY_BYTES;
                 }
             }
         }
-        for (id, (slot, batch)) in batches {
+        let mut lagged: Vec<(u64, &'static str)> = Vec::new();
+        for (
+            id,
+            Pending {
+                slot,
+                events: batch,
+                bytes,
+            },
+        ) in batches
+        {
             let n = batch.len();
             // A publication into an empty queue is taken whatever its size (a
             // large transaction is not a slow client); on top of events not
-            // yet read, it must fit the bound.
+            // yet read, it must fit the queue's bounds and the budget.
             let queued = slot.shared.queued.load(Ordering::Acquire);
-            let fits = queued == 0 || queued + n <= self.queue;
-            let sent = if fits {
-                slot.shared.queued.fetch_add(n, Ordering::AcqRel);
-                let sent = slot.tx.try_send(Live::Events(batch));
-                if sent.is_err() {
-                    slot.shared.queued.fetch_sub(n, Ordering::AcqRel);
-                }
-                sent
+            let queued_bytes = slot.shared.queued_bytes.load(Ordering::Acquire);
+            let refused = if queued == 0 {
+                None
+            } else if queued + n > self.limits.events {
+                Some("queue_events")
+            } else if queued_bytes + bytes > self.limits.bytes {
+                Some("queue_bytes")
+            } else if self.budget.exceeded() {
+                Some("delivery_buffer")
             } else {
-                Err(mpsc::error::TrySendError::Full(Live::Events(batch)))
+                None
             };
-            let n = n as u64;
-            match sent {
-                Ok(()) => delivered += n,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    slot.shared.lagged.store(true, Ordering::Release);
-                    dropped += n;
-                    lagged.push(id);
+            let sent = match refused {
+                Some(reason) => Err(reason),
+                None => {
+                    slot.shared.queued.fetch_add(n, Ordering::AcqRel);
+                    slot.shared.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+                    let batch = QueuedEvents::new(batch, &self.budget);
+                    match slot.tx.try_send(Live::Events(batch)) {
+                        Ok(()) => Ok(()),
+                        Err(err) => {
+                            slot.shared.queued.fetch_sub(n, Ordering::AcqRel);
+                            slot.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                            match err {
+                                mpsc::error::TrySendError::Full(_) => Err("queue_events"),
+                                // The receiver is being dropped; it
+                                // unregisters itself.
+                                mpsc::error::TrySendError::Closed(_) => Ok(()),
+                            }
+                        }
+                    }
                 }
-                // The receiver is being dropped; it unregisters itself.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            };
+            match sent {
+                Ok(()) => delivered += n as u64,
+                Err(reason) => {
+                    slot.shared.lagged.store(true, Ordering::Release);
+                    dropped += n as u64;
+                    lagged.push((id, reason));
+                }
             }
         }
         if !lagged.is_empty() {
-            remove_from(&mut registry, &lagged);
+            let ids: Vec<u64> = lagged.iter().map(|(id, _)| *id).collect();
+            remove_from(&mut registry, &ids);
         }
         drop(registry);
         let tenant = crate::metrics::TENANT;
@@ -267,8 +454,39 @@ impl Fanout {
         if dropped > 0 {
             metrics::counter!(crate::metrics::DELIVERY_DROPPED, tenant => self.tenant.to_string())
                 .increment(dropped);
-            metrics::counter!(crate::metrics::DELIVERY_SLOW_DISCONNECTS, tenant => self.tenant.to_string())
-                .increment(lagged.len() as u64);
+            for (_, reason) in &lagged {
+                metrics::counter!(crate::metrics::DELIVERY_SLOW_DISCONNECTS, tenant => self.tenant.to_string(), crate::metrics::REASON => *reason)
+                    .increment(1);
+            }
+        }
+    }
+
+    /// Cuts every subscriber off, as if each lagged: each reads what its
+    /// queue holds, then its client is told the id to resume from (the hub
+    /// fell behind its feed and events from `from` on did not reach it;
+    /// they are in the history). Events up to `up_to` count as published.
+    pub fn cut_all(&self, from: Option<EventId>, up_to: Option<EventId>) {
+        let mut registry = self.lock();
+        for slot in registry
+            .by_table
+            .values()
+            .flatten()
+            .chain(registry.messages.iter())
+        {
+            if let Some(from) = from {
+                let _ = slot.shared.resume_after.set(from.just_before());
+            }
+            slot.shared.lagged.store(true, Ordering::Release);
+        }
+        let cut = registry.count as u64;
+        registry.by_table.clear();
+        registry.messages.clear();
+        registry.count = 0;
+        registry.last_published = registry.last_published.max(up_to);
+        drop(registry);
+        if cut > 0 {
+            metrics::counter!(crate::metrics::DELIVERY_SLOW_DISCONNECTS, crate::metrics::TENANT => self.tenant.to_string(), crate::metrics::REASON => "hub_behind")
+                .increment(cut);
         }
     }
 
@@ -321,4 +539,120 @@ fn remove_from(registry: &mut Registry, ids: &[u64]) {
     registry.by_table.retain(|_, slots| !slots.is_empty());
     registry.messages.retain(|s| !ids.contains(&s.id));
     registry.count = registry.count.saturating_sub(before.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Authenticator;
+    use crate::hub::SubscriptionRequest;
+    use crate::model::{ChangeBody, Datum, Lsn, Op, RowImage};
+
+    fn table() -> TableName {
+        TableName::new("public", "tasks")
+    }
+
+    fn subscription() -> Arc<Subscription> {
+        let principal = Authenticator::anonymous_reader("acme");
+        Arc::new(
+            Subscription::build(
+                &SubscriptionRequest::default(),
+                &principal,
+                &[table()],
+                None,
+            )
+            .unwrap(),
+        )
+    }
+
+    fn event(lsn: u64, body_bytes: usize) -> ChangeEvent {
+        ChangeEvent::new(
+            EventId {
+                commit_lsn: Lsn(lsn),
+                index: 0,
+            },
+            "acme".into(),
+            None,
+            None,
+            Op::Insert,
+            ChangeBody::Row {
+                table: table(),
+                key: None,
+                new: Some(RowImage(vec![(
+                    "body".into(),
+                    Datum::Text("x".repeat(body_bytes)),
+                )])),
+                old: None,
+                unchanged: Vec::new(),
+            },
+        )
+    }
+
+    #[test]
+    fn queued_bytes_are_counted_once_and_given_back() {
+        let budget = DeliveryBudget::new(1 << 30);
+        let fanout = Fanout::new(
+            "acme".into(),
+            QueueLimits {
+                events: 100,
+                bytes: 1 << 20,
+            },
+            Arc::clone(&budget),
+        );
+        let mut a = fanout.subscribe(subscription());
+        let b = fanout.subscribe(subscription());
+        let big = event(10, 10_000);
+        fanout.publish([&big]);
+        // One copy of the bytes for both queues, and an entry each.
+        let used = budget.used();
+        assert_eq!(used, big.encoded().len() + 2 * ENTRY_BYTES);
+        // Read by one, dropped unread by the other: nothing is left counted.
+        assert!(matches!(a.try_recv(), Some(Live::Events(e)) if e.len() == 1));
+        assert_eq!(budget.used(), big.encoded().len() + ENTRY_BYTES);
+        drop(b);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_queue_over_its_bytes_or_the_budget_is_cut_off() {
+        let budget = DeliveryBudget::new(1 << 30);
+        let fanout = Fanout::new(
+            "acme".into(),
+            QueueLimits {
+                events: 100,
+                bytes: 25_000,
+            },
+            Arc::clone(&budget),
+        );
+        let mut slow = fanout.subscribe(subscription());
+        // Into an empty queue: taken whatever its size.
+        fanout.publish([&event(10, 30_000)]);
+        assert_eq!(fanout.subscribers(), 1);
+        // On top of it, over the bytes: cut off.
+        fanout.publish([&event(11, 100)]);
+        assert_eq!(fanout.subscribers(), 0);
+        assert!(matches!(slow.try_recv(), Some(Live::Events(_))));
+        assert!(slow.try_recv().is_none());
+
+        // The budget: past it, only empty queues take more.
+        let small = DeliveryBudget::new(20_000);
+        let fanout = Fanout::new(
+            "acme".into(),
+            QueueLimits {
+                events: 100,
+                bytes: 1 << 20,
+            },
+            Arc::clone(&small),
+        );
+        let _behind = fanout.subscribe(subscription());
+        fanout.publish([&event(10, 30_000)]);
+        let mut keeping_up = fanout.subscribe(subscription());
+        fanout.publish([&event(11, 100)]);
+        assert_eq!(
+            fanout.subscribers(),
+            1,
+            "the one with a queue over the budget went"
+        );
+        assert!(keeping_up.try_recv().is_some());
+    }
 }

@@ -175,6 +175,11 @@ impl Feed {
                 State::Live(live) => match live.recv().await {
                     Ok(live) => self.take_live(live),
                     Err(LiveEnd::Lagged) => {
+                        // Cut off before it had a position of its own: it
+                        // resumes where the events it missed begin.
+                        if self.cursor.is_none() {
+                            self.cursor = live.resume_after();
+                        }
                         self.state = State::Done;
                         return FeedItem::End(FeedEnd::Lagged);
                     }
@@ -205,12 +210,15 @@ impl Feed {
     fn take_live(&mut self, live: Live) {
         match live {
             Live::Events(events) => {
-                for (id, json) in events {
-                    if self.cursor.is_some_and(|c| id <= c) {
+                for (id, queued) in events.iter() {
+                    if self.cursor.is_some_and(|c| *id <= c) {
                         continue;
                     }
-                    self.cursor = Some(id);
-                    self.ready.push_back(FeedItem::Change { id, json });
+                    self.cursor = Some(*id);
+                    self.ready.push_back(FeedItem::Change {
+                        id: *id,
+                        json: queued.bytes().clone(),
+                    });
                 }
             }
             Live::Reset { complete_from } => self.ready.push_back(FeedItem::Gap {

@@ -11,9 +11,11 @@
 //! - `schema`: column kinds from the catalog.
 //!
 //! The HTTP transports (`http::sse`, `http::ws`) turn feeds into frames.
-//! Feeding the hub goes through `Fanout::publish`, so that another feed (an
-//! instance that does not hold the slot, reading the Redis stream) can be
-//! added without touching the transports.
+//! The hub is fed by value: each tenant's hub task (`run_feed`) drains a
+//! `model::HubFeed` that the sinks (durable events) and the pipeline (stream
+//! restarts) send into, so that fan-out never runs on the task that writes
+//! Redis, and another feed (an instance that does not hold the slot, reading
+//! the Redis stream) can be added without touching the transports.
 
 pub mod fanout;
 pub mod feed;
@@ -22,17 +24,19 @@ pub mod schema;
 pub mod state;
 pub mod subscription;
 
-pub use fanout::Fanout;
+pub use fanout::{DeliveryBudget, Fanout, QueueLimits};
 pub use feed::{Feed, FeedEnd, FeedItem, GapReason};
 pub use history::History;
 pub use schema::Schema;
-pub use subscription::{RequestError, Subscription, SubscriptionRequest};
+pub use subscription::{MatchLimits, RequestError, Subscription, SubscriptionRequest};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::{MirrorRule, TenantConfig, TenantId};
-use crate::model::TableName;
+use crate::model::{HubFeedReceiver, HubInput, TableName};
 
 /// One tenant's delivery state.
 pub struct TenantHub {
@@ -60,12 +64,13 @@ impl TenantHub {
         tenant: &TenantConfig,
         history: History,
         mirror: Vec<MirrorRule>,
-        queue: usize,
+        limits: QueueLimits,
+        budget: Arc<DeliveryBudget>,
     ) -> Arc<TenantHub> {
         Arc::new(TenantHub {
             tenant: tenant.id.clone(),
             tables: tenant.tables.clone(),
-            fanout: Fanout::new(tenant.id.as_arc(), queue),
+            fanout: Fanout::new(tenant.id.as_arc(), limits, budget),
             history,
             mirror,
             schema: RwLock::new(None),
@@ -98,6 +103,65 @@ impl TenantHub {
 
     pub fn mirror_rule(&self, table: &TableName) -> Option<&MirrorRule> {
         self.mirror.iter().find(|r| &r.table == table)
+    }
+}
+
+/// The hub's task: hands what the feed brings to the subscribers, in order,
+/// until the tenant stops (then what is queued still goes out) or every
+/// sender is gone. A panic while matching (a bug) is contained: every
+/// subscriber is cut off with its resume id and gets the events from the
+/// history, and the task goes on.
+pub async fn run_feed(hub: Arc<TenantHub>, mut feed: HubFeedReceiver, cancel: CancellationToken) {
+    loop {
+        let input = tokio::select! {
+            biased;
+            // Something to deliver.
+            input = feed.recv() => match input {
+                Some(input) => input,
+                None => return,
+            },
+            // The tenant stopped: deliver what is queued, then end.
+            _ = cancel.cancelled() => {
+                while let Some(input) = feed.try_recv() {
+                    deliver(&hub, input).await;
+                }
+                return;
+            }
+        };
+        deliver(&hub, input).await;
+    }
+}
+
+/// Hands one input of the feed to the subscribers.
+async fn deliver(hub: &TenantHub, input: HubInput) {
+    match input {
+        HubInput::Events(events) => {
+            let mut start = 0;
+            while start < events.len() {
+                let end = (start + fanout::PUBLISH_CHUNK).min(events.len());
+                let chunk = (start..end).filter_map(|i| events.get(i));
+                let published = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::fault::inject("hub", hub.tenant.as_str());
+                    hub.fanout.publish(chunk)
+                }));
+                if let Err(panic) = published {
+                    let message = crate::report::panic_message(&*panic);
+                    tracing::error!(tenant = %hub.tenant, panic = %message, "delivering events panicked; cutting this tenant's subscribers off (they resume from the history)");
+                    metrics::counter!(crate::metrics::HUB_PANICS, crate::metrics::TENANT => hub.tenant.to_string()).increment(1);
+                    let from = events.get(start).map(|e| e.id);
+                    hub.fanout.cut_all(from, events.last_id());
+                    return;
+                }
+                start = end;
+                // Other tenants' hubs and connections get the thread.
+                tokio::task::yield_now().await;
+            }
+        }
+        HubInput::Reset { complete_from } => hub.fanout.reset(complete_from),
+        HubInput::Lost { from, up_to } => {
+            tracing::warn!(tenant = %hub.tenant, "delivery fell behind the stream; cutting this tenant's subscribers off (they resume from the history)");
+            hub.fanout.cut_all(from, up_to);
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use super::schema::Schema;
 use crate::auth::{AuthError, Principal};
-use crate::filter::{ColumnKind, RowFilter};
+use crate::filter::{FilterOp, PreparedFilter, RowFilter};
 use crate::model::{ChangeBody, ChangeEvent, Op, RowImage, TableName};
 
 /// At most this many tables, filters or operations in one request.
@@ -62,6 +62,60 @@ impl std::fmt::Display for RequestError {
     }
 }
 
+/// What one subscription may cost to match: `[server] max_filters` and
+/// `max_in_values`.
+#[derive(Debug, Clone, Copy)]
+pub struct MatchLimits {
+    pub max_filters: usize,
+    pub max_in_values: usize,
+}
+
+impl Default for MatchLimits {
+    fn default() -> Self {
+        MatchLimits {
+            max_filters: crate::config::DEFAULT_MAX_FILTERS,
+            max_in_values: crate::config::DEFAULT_MAX_IN_VALUES,
+        }
+    }
+}
+
+impl SubscriptionRequest {
+    /// Refuses a request whose filters would cost more to match than the
+    /// limits allow, saying which limit and how to stay within it.
+    pub fn check_limits(&self, limits: MatchLimits) -> Result<(), RequestError> {
+        if self.filters.len() > limits.max_filters {
+            return Err(RequestError::bad(
+                "too_many_filters",
+                format!(
+                    "{} filters in one subscription; at most {} are allowed ([server] max_filters): combine values with in.(…) or split the subscription",
+                    self.filters.len(),
+                    limits.max_filters
+                ),
+            ));
+        }
+        for text in &self.filters {
+            if let Ok(RowFilter {
+                column,
+                op: FilterOp::In(values),
+            }) = RowFilter::parse(text)
+            {
+                if values.len() > limits.max_in_values {
+                    return Err(RequestError::bad(
+                        "too_many_values",
+                        format!(
+                            "the in.(…) filter on column {:?} lists {} values; at most {} are allowed ([server] max_in_values): split it over several subscriptions",
+                            column.chars().take(64).collect::<String>(),
+                            values.len(),
+                            limits.max_in_values
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A set of operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ops(u8);
@@ -110,18 +164,12 @@ impl Ops {
     }
 }
 
-/// One row filter with the kind of its column (when the catalog is known).
-#[derive(Debug, Clone)]
-struct TypedFilter {
-    filter: RowFilter,
-    kind: Option<ColumnKind>,
-}
-
 /// A validated subscription.
 #[derive(Debug, Clone)]
 pub struct Subscription {
-    /// Each subscribed table with every filter a row must pass.
-    tables: HashMap<TableName, Vec<TypedFilter>>,
+    /// Each subscribed table with every filter a row must pass, typed by
+    /// its column's kind (when the catalog is known).
+    tables: HashMap<TableName, Vec<PreparedFilter>>,
     ops: Ops,
     /// Logical messages too (asked with `MESSAGE`, allowed by a `*` rule
     /// without filters).
@@ -214,14 +262,11 @@ impl Subscription {
                     },
                     None => None,
                 };
-                filters.push(TypedFilter {
-                    filter: filter.clone(),
-                    kind,
-                });
+                push_new(&mut filters, filter.clone(), kind);
             }
             for filter in bound {
                 let kind = columns.and_then(|c| c.get(&filter.column).copied());
-                filters.push(TypedFilter { filter, kind });
+                push_new(&mut filters, filter, kind);
             }
             tables.insert(table, filters);
         }
@@ -292,10 +337,22 @@ impl Subscription {
             // the table, whatever rows its filters select.
             Op::Truncate => true,
             _ => match row {
-                Some(row) => filters.iter().all(|f| f.filter.matches_as(row, f.kind)),
+                Some(row) => filters.iter().all(|f| f.matches(row)),
                 None => filters.is_empty(),
             },
         }
+    }
+}
+
+/// Adds a filter unless the same one is there already (AND-ing a filter
+/// twice selects the same rows, and would only cost twice).
+fn push_new(
+    filters: &mut Vec<PreparedFilter>,
+    filter: RowFilter,
+    kind: Option<crate::filter::ColumnKind>,
+) {
+    if !filters.iter().any(|f| *f.filter() == filter) {
+        filters.push(PreparedFilter::new(filter, kind));
     }
 }
 

@@ -17,6 +17,20 @@ pub struct EventId {
     pub index: u32,
 }
 
+impl EventId {
+    /// An id just before this one: every event before this one is at or
+    /// below it, so resuming after it starts exactly at this event.
+    pub fn just_before(self) -> EventId {
+        match self.index.checked_sub(1) {
+            Some(index) => EventId { index, ..self },
+            None => EventId {
+                commit_lsn: crate::model::Lsn(self.commit_lsn.0.saturating_sub(1)),
+                index: u32::MAX,
+            },
+        }
+    }
+}
+
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.commit_lsn.0, self.index)
@@ -231,6 +245,25 @@ impl ChangeEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn just_before_is_between_an_id_and_everything_before_it() {
+        let first = EventId {
+            commit_lsn: Lsn(500),
+            index: 0,
+        };
+        let earlier = EventId {
+            commit_lsn: Lsn(499),
+            index: 7,
+        };
+        assert!(earlier <= first.just_before() && first.just_before() < first);
+        let third = EventId {
+            commit_lsn: Lsn(500),
+            index: 2,
+        };
+        assert_eq!(third.just_before().to_string(), "500-1");
+        assert_eq!(first.just_before().to_string(), "499-4294967295");
+    }
 
     #[test]
     fn event_id_text_round_trips_and_orders() {

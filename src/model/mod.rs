@@ -1,11 +1,14 @@
 //! Plain data shared by every stage: LSNs, event ids, change events and their
-//! wire encoding. A leaf module: it depends on no other walcast module.
+//! wire encoding, and the feed that hands durable events to a tenant's hub.
+//! A leaf module: it depends on no other walcast module.
 
+mod durable;
 mod event;
 mod lsn;
 mod time;
 mod wire;
 
+pub use durable::{DurableEvents, HubFeed, HubFeedReceiver, HubInput};
 pub use event::{
     ChangeBody, ChangeEvent, Datum, EventId, Op, ParseEventIdError, RowImage, TableName, TypeShape,
 };

@@ -8,10 +8,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use super::{EventSink, SinkFuture};
-use crate::model::{ChangeEvent, EventId, Lsn};
-
-/// Events per publication to subscribers.
-const PUBLISH_CHUNK: usize = 500;
+use crate::model::{ChangeEvent, DurableEvents, EventId, HubFeed, HubInput, Lsn};
 
 /// Events kept per tenant when `[redis]` is not configured.
 pub const DEFAULT_RING_EVENTS: usize = 10_000;
@@ -30,11 +27,8 @@ pub enum Resume {
 pub struct MemoryRing {
     capacity: usize,
     state: Mutex<RingState>,
-    on_commit: Mutex<Option<OnCommit>>,
+    feed: Mutex<Option<HubFeed>>,
 }
-
-/// What the ring tells when events are committed.
-pub type OnCommit = Arc<dyn Fn(&[Arc<ChangeEvent>]) + Send + Sync>;
 
 impl std::fmt::Debug for MemoryRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,7 +53,7 @@ impl MemoryRing {
         MemoryRing {
             capacity: capacity.max(1),
             state: Mutex::new(RingState::default()),
-            on_commit: Mutex::new(None),
+            feed: Mutex::new(None),
         }
     }
 
@@ -110,10 +104,10 @@ impl MemoryRing {
         (resume, events)
     }
 
-    /// Called with each transaction's events once they are committed to
+    /// Where to send each transaction's events once they are committed to
     /// the ring (the hub publishes them to live subscribers).
-    pub fn set_on_commit(&self, f: OnCommit) {
-        *self.on_commit.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    pub fn set_feed(&self, feed: HubFeed) {
+        *self.feed.lock().unwrap_or_else(|p| p.into_inner()) = Some(feed);
     }
 
     /// The newest committed event id.
@@ -151,16 +145,9 @@ impl EventSink for MemoryRing {
         drop(state);
         // Called by the one pipeline task, so in commit order; the ring
         // holds the events before subscribers see them.
-        let on_commit = self
-            .on_commit
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(f) = on_commit {
-            // In chunks, as the Redis sink publishes.
-            for chunk in pending.chunks(PUBLISH_CHUNK) {
-                f(chunk);
-            }
+        let feed = self.feed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(feed) = feed.filter(|_| !pending.is_empty()) {
+            feed.send(HubInput::Events(DurableEvents::Shared(pending)));
         }
         Box::pin(async { Ok(()) })
     }

@@ -52,8 +52,8 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use super::{EventSink, SinkError, SinkFuture};
 use crate::config::{MirrorFormat, MirrorRule, RedisConfig, TenantConfig, TenantId};
 use crate::model::{
-    row_json, write_datum_json, ChangeBody, ChangeEvent, Datum, EventId, Lsn, Op, RowImage,
-    TableName,
+    row_json, write_datum_json, ChangeBody, ChangeEvent, Datum, DurableEvents, EventId, HubFeed,
+    HubInput, Lsn, Op, RowImage, TableName,
 };
 
 /// Events per script call: bounds the script's run time and memory; a larger
@@ -71,10 +71,6 @@ const CREATE_STREAM: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then \
 const SCRIPT_SOURCE: &str = include_str!("apply_batch.lua");
 /// The longest wait between retries while Redis is unreachable.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
-
-/// Called with each batch of events once it is durably in Redis (see
-/// `RedisSink::set_on_durable`).
-pub type OnDurable = Arc<dyn Fn(&[ChangeEvent]) + Send + Sync>;
 
 /// A client for the configured URL whose TCP connections send at once
 /// (TCP_NODELAY; redis-rs leaves Nagle's algorithm on, which holds a small
@@ -1044,7 +1040,7 @@ async fn write_batches(
     encoder: Arc<Encoder>,
     client: redis::Client,
     mut jobs: mpsc::Receiver<Job>,
-    on_durable: Arc<RwLock<Option<OnDurable>>>,
+    feed: Arc<RwLock<Option<HubFeed>>>,
 ) {
     let mut session: Option<Session> = None;
     let mut generation = 0u64;
@@ -1061,6 +1057,7 @@ async fn write_batches(
                 None => return,
             },
         };
+        crate::fault::inject("redis_writer", encoder.tenant.as_str());
         if job.fresh {
             // A new replication session replays from the confirmed position:
             // read the watermark again.
@@ -1099,7 +1096,7 @@ async fn write_batches(
                     Some(queued) => {
                         let (batch, body) = match queued.task.await {
                             Ok(done) => done,
-                            Err(error) => break Err(SinkError::Io(std::io::Error::other(error))),
+                            Err(error) => break Err(SinkError::WriterFailed(error.to_string())),
                         };
                         // The body's answers are in: EXEC goes after the body
                         // on the connection.
@@ -1211,10 +1208,12 @@ async fn write_batches(
         };
         match outcome {
             Ok(()) => {
-                let report = on_durable.read().unwrap_or_else(|p| p.into_inner()).clone();
-                if let Some(report) = report {
+                let feed = feed.read().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some(feed) = feed {
                     if !job.events.is_empty() {
-                        report(&job.events);
+                        feed.send(HubInput::Events(DurableEvents::Batch(Arc::clone(
+                            &job.events,
+                        ))));
                     }
                 }
                 let _ = job.done.send(Ok(()));
@@ -1239,7 +1238,7 @@ pub struct RedisSink {
     conn: ConnectionManager,
     rules: HashMap<TableName, MirrorRule>,
     encoder: Arc<Encoder>,
-    on_durable: Arc<RwLock<Option<OnDurable>>>,
+    feed: Arc<RwLock<Option<HubFeed>>>,
     state: Mutex<State>,
 }
 
@@ -1274,7 +1273,7 @@ impl RedisSink {
                 .map(|r| (r.table.clone(), r.clone()))
                 .collect(),
             encoder: Arc::new(encoder),
-            on_durable: Arc::new(RwLock::new(None)),
+            feed: Arc::new(RwLock::new(None)),
             state: Mutex::new(State {
                 buffer: Vec::new(),
                 epoch: None,
@@ -1285,21 +1284,17 @@ impl RedisSink {
         }
     }
 
-    /// Registers `f` to hear of every batch of events once it is durably in
-    /// Redis, replacing any earlier one.
-    ///
-    /// `f` is called once per script call that wrote events (at most
-    /// `BATCH_EVENTS` of them), strictly in stream order, only after that
-    /// call succeeded, with exactly the events it wrote: unchanged TOAST
-    /// columns already filled in from the mirror. A batch that only moves the
-    /// watermark (no events) is not reported. After a reconnect Postgres sends
-    /// unconfirmed transactions again, and `f` may then hear of events it was
-    /// already given (dedup by event id); it never hears of an event that is
-    /// not in Redis, and never misses one that went in during a session that
-    /// goes on. It runs on the sink's writer task: keep it short (hand the
-    /// events to a channel).
-    pub fn set_on_durable(&self, f: OnDurable) {
-        *self.on_durable.write().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    /// Where to send each batch of events once it is durably in Redis:
+    /// once per batch that wrote events (at most `BATCH_EVENTS` of them),
+    /// strictly in stream order, only after it succeeded, with exactly the
+    /// events it wrote (unchanged TOAST columns filled in from the mirror).
+    /// A batch that only moves the watermark is not sent. After a reconnect
+    /// Postgres sends unconfirmed transactions again, and the hub may then
+    /// hear of events it was already given (it skips them by id); it never
+    /// hears of an event that is not in Redis, and never misses one that
+    /// went in during a session that goes on. Sending never waits.
+    pub fn set_feed(&self, feed: HubFeed) {
+        *self.feed.write().unwrap_or_else(|p| p.into_inner()) = Some(feed);
     }
 
     pub fn keys(&self) -> &Keys {
@@ -1656,9 +1651,12 @@ impl RedisSink {
                 break;
             };
             let result = answer.await.unwrap_or_else(|_| {
-                Err(SinkError::Io(std::io::Error::other(
-                    "the redis writer task ended abnormally",
-                )))
+                // The writer dropped the answer unsent: it panicked. The
+                // next batch starts a new writer.
+                state.writer = None;
+                Err(SinkError::WriterFailed(
+                    "it dropped a batch unanswered".into(),
+                ))
             });
             if let Err(error) = result {
                 first_error.get_or_insert(error);
@@ -1684,7 +1682,7 @@ impl RedisSink {
                 Arc::clone(&self.encoder),
                 client,
                 rx,
-                Arc::clone(&self.on_durable),
+                Arc::clone(&self.feed),
             ));
             state.writer = Some(tx);
         }
@@ -1699,9 +1697,7 @@ impl RedisSink {
         };
         if writer.send(job).await.is_err() {
             state.writer = None;
-            return Err(SinkError::Io(std::io::Error::other(
-                "the redis writer task ended abnormally",
-            )));
+            return Err(SinkError::WriterFailed("it stopped taking batches".into()));
         }
         state.pending.push_back(answer);
         Ok(())
