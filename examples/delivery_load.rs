@@ -107,6 +107,10 @@ struct Args {
     /// Worker threads of the client's runtime.
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
+    /// Read /metrics from the client port, without `[server] ops_listen`
+    /// (for builds from before it existed, in A/B runs).
+    #[arg(long)]
+    no_ops_listen: bool,
 }
 
 fn main() {
@@ -147,13 +151,28 @@ async fn run(args: Args) {
     let redis = LocalRedis::start().unwrap_or_else(|e| panic!("starting redis: {e}"));
     let port = walcast::localdev::free_port().expect("free port");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let ops_addr: SocketAddr = if args.no_ops_listen {
+        addr
+    } else {
+        format!(
+            "127.0.0.1:{}",
+            walcast::localdev::free_port().expect("free port")
+        )
+        .parse()
+        .unwrap()
+    };
+    let ops_listen = if args.no_ops_listen {
+        String::new()
+    } else {
+        format!("ops_listen = [\"{ops_addr}\"]\n")
+    };
     let dir = std::env::temp_dir().join(format!("walcast-delivery-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("walcast.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = [\"{addr}\"]\nsubscriber_queue = {queue}\n\n\
+            "[server]\nlisten = [\"{addr}\"]\n{ops_listen}subscriber_queue = {queue}\n\n\
              [redis]\nurl = \"{redis}\"\n\n\
              [[mirror]]\ntable = \"public.tasks\"\nhot_when = [\"status=in.(queued,running)\"]\n\n\
              [auth]\nsecret = \"{SECRET}\"\n\n[[auth.rules]]\nrole = \"operator\"\ntable = \"*\"\n\n\
@@ -370,7 +389,7 @@ async fn run(args: Args) {
     // -- Collect and report (walcast's counters while the subscribers are
     // still connected).
     println!("walcast delivery metrics:");
-    for line in metrics(addr)
+    for line in metrics(ops_addr)
         .lines()
         .filter(|l| l.starts_with("walcast_delivery_"))
     {

@@ -11,7 +11,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, RedisConfig, TenantConfig};
 use crate::http::TenantStates;
-use crate::hub::TenantHub;
+use crate::hub::{DeliveryBudget, QueueLimits, TenantHub};
+use crate::model::HubFeed;
 use crate::sink::{EventSink, MemoryRing, RedisSink, StdoutSink, TeeSink};
 use crate::source::SlotKind;
 use crate::tenant::{run_tenant, PipelineError, PipelineOptions, TenantState};
@@ -81,7 +82,7 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
     // The HTTP listeners first: a taken port is a start-up error.
     let http = match &config.server {
         Some(server) => {
-            let listeners = crate::http::bind(&server.listen).await?;
+            let listeners = crate::http::bind(server).await?;
             let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
                 .install_recorder()
                 .map_err(|e| AppError::Metrics(e.to_string()))?;
@@ -118,31 +119,66 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
         redis,
         states: TenantStates::default(),
         hubs: crate::hub::Hubs::default(),
+        budget: DeliveryBudget::new(
+            config
+                .server
+                .as_ref()
+                .map_or(crate::config::DEFAULT_DELIVERY_BUFFER_BYTES, |s| {
+                    s.delivery_buffer_bytes
+                }),
+        ),
         running: BTreeMap::new(),
         config,
     };
     for tenant in tenants.config.tenants.clone() {
         tenants.start(tenant);
     }
-    if let Some((listeners, metrics)) = http {
+    if let (Some((listeners, metrics)), Some(server)) = (http, tenants.config.server.clone()) {
         let state = Arc::new(crate::http::OpsState {
             tenants: Arc::clone(&tenants.states),
             metrics: Some(metrics),
             started,
             ready_grace: grace,
         });
-        let server = tenants.config.server.clone();
-        let client = server.as_ref().map(|server| {
-            let ctx = Arc::new(crate::http::ClientContext {
-                hubs: tenants.hubs.clone(),
-                auth: crate::auth::Authenticator::new(&tenants.config.auth),
-                heartbeat: server.heartbeat,
-                max_subscriptions: server.max_subscriptions,
-                shutdown: root.clone(),
-            });
-            (ctx, server)
+        let ctx = Arc::new(crate::http::ClientContext {
+            hubs: tenants.hubs.clone(),
+            auth: crate::auth::Authenticator::new(&tenants.config.auth),
+            heartbeat: server.heartbeat,
+            max_subscriptions: server.max_subscriptions,
+            match_limits: crate::hub::MatchLimits {
+                max_filters: server.max_filters,
+                max_in_values: server.max_in_values,
+            },
+            streams: crate::http::admission::TenantStreams::new(server.max_streams_per_tenant),
+            shutdown: root.clone(),
         });
-        crate::http::serve(listeners, state, client, root.clone(), &tracker);
+        let file_limit = crate::http::admission::raise_file_limit();
+        let max_connections = server.max_connections.unwrap_or_else(|| {
+            crate::http::admission::default_max_connections(
+                file_limit,
+                tenants.config.tenants.len(),
+            )
+        });
+        if let Some(limit) = file_limit.filter(|limit| max_connections >= *limit) {
+            tracing::warn!(max_connections, open_file_limit = limit, "[server] max_connections is not below the open-file limit: clients could take the descriptors that Postgres and Redis reconnects need; lower it or raise LimitNOFILE");
+        }
+        if listeners.ops.is_empty() {
+            tracing::info!("no [server] ops_listen: /metrics and the detailed /readyz are not served (the client port answers /readyz with ready or not)");
+        }
+        let admission = crate::http::admission::Admission::new(
+            "client",
+            max_connections,
+            server.max_connections_per_ip,
+        );
+        crate::http::serve(
+            listeners,
+            state,
+            ctx,
+            &server,
+            admission,
+            root.clone(),
+            &tracker,
+        );
     }
     spawn_systemd_notifier(
         Arc::clone(&tenants.states),
@@ -163,6 +199,11 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
     wait_for(&tracker, tenants.config.shutdown_timeout).await
 }
 
+/// Inputs a tenant's hub may fall behind by (batches of up to 500 events,
+/// stream restarts) before its subscribers are cut off to resume from the
+/// history.
+const HUB_FEED_CAPACITY: usize = 1024;
+
 /// The running tenants of `walcast run`, and what starting one needs.
 struct Tenants {
     root: CancellationToken,
@@ -172,6 +213,8 @@ struct Tenants {
     states: TenantStates,
     /// Every tenant's delivery hub, read by the HTTP server.
     hubs: crate::hub::Hubs,
+    /// The bytes queued for all subscribers of all tenants.
+    budget: Arc<DeliveryBudget>,
     running: BTreeMap<String, RunningTenant>,
     config: Config,
 }
@@ -187,31 +230,41 @@ impl Tenants {
         let (state_tx, state_rx) = watch::channel(TenantState::Starting);
         let id = tenant.id.to_string();
         let cancel = self.root.child_token();
-        let queue = self
-            .config
-            .server
-            .as_ref()
-            .map_or(crate::config::DEFAULT_SUBSCRIBER_QUEUE, |s| {
-                s.subscriber_queue
-            });
-        let (sink, options) = match (&self.config.redis, &self.redis) {
+        let limits = self.config.server.as_ref().map_or(
+            QueueLimits {
+                events: crate::config::DEFAULT_SUBSCRIBER_QUEUE,
+                bytes: crate::config::DEFAULT_SUBSCRIBER_QUEUE_BYTES,
+            },
+            |s| QueueLimits {
+                events: s.subscriber_queue,
+                bytes: s.subscriber_queue_bytes,
+            },
+        );
+        // The hub's feed: sinks send durable events, the pipeline restarts.
+        let (feed, feed_rx) = HubFeed::channel(HUB_FEED_CAPACITY);
+        let (sink, hub, options) = match (&self.config.redis, &self.redis) {
             (Some(redis_config), Some(conn)) => {
                 let mirror = Arc::new(RedisSink::new(&tenant, redis_config, conn.clone()));
                 let history = crate::hub::History::Redis {
                     conn: conn.clone(),
                     keys: mirror.keys().clone(),
                 };
-                let hub = TenantHub::new(&tenant, history, tenant.mirror.clone(), queue);
-                let fanout = Arc::clone(&hub.fanout);
-                mirror.set_on_durable(Arc::new(move |events| fanout.publish(events)));
-                self.hubs.insert(Arc::clone(&hub));
+                let hub = TenantHub::new(
+                    &tenant,
+                    history,
+                    tenant.mirror.clone(),
+                    limits,
+                    Arc::clone(&self.budget),
+                );
+                mirror.set_feed(feed.clone());
                 let options = PipelineOptions {
                     mirror: Some(Arc::clone(&mirror)),
-                    hub: Some(hub),
+                    hub: Some(Arc::clone(&hub)),
+                    feed: Some(feed),
                     slot_lag_warn_bytes: self.config.slot_lag_warn_bytes,
                     ..PipelineOptions::default()
                 };
-                (mirror as Arc<dyn EventSink>, options)
+                (mirror as Arc<dyn EventSink>, hub, options)
             }
             _ => {
                 let ring = Arc::new(MemoryRing::new(crate::sink::memory::DEFAULT_RING_EVENTS));
@@ -219,13 +272,10 @@ impl Tenants {
                     &tenant,
                     crate::hub::History::Ring(Arc::clone(&ring)),
                     Vec::new(),
-                    queue,
+                    limits,
+                    Arc::clone(&self.budget),
                 );
-                let fanout = Arc::clone(&hub.fanout);
-                ring.set_on_commit(Arc::new(move |events| {
-                    fanout.publish(events.iter().map(|e| &**e))
-                }));
-                self.hubs.insert(Arc::clone(&hub));
+                ring.set_feed(feed.clone());
                 let mut sinks: Vec<Arc<dyn EventSink>> = Vec::new();
                 if self.config.print_events {
                     sinks.push(Arc::clone(&self.stdout));
@@ -233,22 +283,26 @@ impl Tenants {
                 sinks.push(ring);
                 let tee: Arc<dyn EventSink> = Arc::new(TeeSink::new(sinks));
                 let options = PipelineOptions {
-                    hub: Some(hub),
+                    hub: Some(Arc::clone(&hub)),
+                    feed: Some(feed),
                     slot_lag_warn_bytes: self.config.slot_lag_warn_bytes,
                     ..PipelineOptions::default()
                 };
-                (tee, options)
+                (tee, hub, options)
             }
         };
-        let root_for_fatal = self.root.clone();
+        self.hubs.insert(Arc::clone(&hub));
+        // The hub's task ends once the tenant's sinks and pipeline are gone.
+        self.tracker
+            .spawn(crate::hub::run_feed(hub, feed_rx, cancel.clone()));
         let config = tenant.clone();
         let task_cancel = cancel.clone();
         let handle = self.tracker.spawn(async move {
             let id = tenant.id.clone();
+            // Only an output that is gone ends run_tenant here; the tenant
+            // stays "failed" in /readyz, and the others go on.
             if let Err(err) = run_tenant(tenant, options, sink, task_cancel, state_tx).await {
                 tracing::error!(tenant = %id, error = %crate::tenant::error_chain(&err), "tenant stopped");
-                // Only a fatal error (the output is gone) ends run_tenant here.
-                root_for_fatal.cancel();
             }
         });
         self.states
@@ -424,6 +478,7 @@ pub async fn tail(
         give_up_on_definite: true,
         mirror: None,
         hub: None,
+        feed: None,
         slot_lag_warn_bytes: config.slot_lag_warn_bytes,
     };
     spawn_signal_handler(root.clone())?;

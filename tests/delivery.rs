@@ -6,43 +6,34 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
-use std::process::{Child, Command};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
+use common::client::*;
 use common::*;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
+use tokio_tungstenite::tungstenite::Message;
 use walcast::localdev::LocalRedis;
 
 const SECRET: &str = "delivery-test-secret-that-is-long-enough";
 
 fn token(claims: Value) -> String {
-    let mut claims = claims;
-    if claims.get("exp").is_none() {
-        claims["exp"] = json!(walcast::model::now_unix() + 3600);
-    }
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    sign(SECRET, claims)
 }
 
 fn operator(tenant: &str) -> String {
     token(json!({"tenant": tenant, "role": "operator", "sub": "op"}))
 }
 
-/// A config with two tenants, Redis, the server and access rules.
+/// A config with two tenants, Redis, the server and access rules; the
+/// operations endpoints on a free port of their own, returned with the file.
 fn config(
     dir: &TempDir,
     port: u16,
     redis: Option<&LocalRedis>,
     dbs: &[(&str, &TenantDb)],
-) -> std::path::PathBuf {
+) -> (std::path::PathBuf, u16) {
+    let ops_port = walcast::localdev::free_port().unwrap();
     // Top-level keys first, then the tables.
     let mut text = String::from(if redis.is_none() {
         "print_events = false\n"
@@ -50,7 +41,7 @@ fn config(
         ""
     });
     text.push_str(&format!(
-        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nheartbeat_secs = 1\nsubscriber_queue = 1000\nready_grace_secs = 0\n\n"
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nops_listen = [\"127.0.0.1:{ops_port}\"]\nheartbeat_secs = 1\nsubscriber_queue = 1000\nready_grace_secs = 0\n\n"
     ));
     if let Some(redis) = redis {
         text.push_str(&format!(
@@ -65,256 +56,7 @@ fn config(
         text.push_str(&db.tenant_toml(id));
         text.push('\n');
     }
-    dir.write("walcast.toml", &text)
-}
-
-/// (status, body) of a GET with curl.
-fn get(url: &str, bearer: Option<&str>) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "10"]);
-    if let Some(t) = bearer {
-        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-    }
-    let out = cmd.arg(url).output().expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
-/// An SSE frame as curl printed it.
-#[derive(Debug, Clone, Default)]
-struct Frame {
-    id: Option<String>,
-    event: Option<String>,
-    data: String,
-    comment: String,
-}
-
-impl Frame {
-    /// Adds one line of the frame.
-    fn push_line(&mut self, line: &str) {
-        if let Some(v) = line.strip_prefix(':') {
-            self.comment.push_str(v);
-        } else if let Some(v) = line.strip_prefix("id: ") {
-            self.id = Some(v.to_owned());
-        } else if let Some(v) = line.strip_prefix("event: ") {
-            self.event = Some(v.to_owned());
-        } else if let Some(v) = line.strip_prefix("data: ") {
-            self.data.push_str(v);
-        }
-    }
-}
-
-/// `curl -N` reading an SSE stream; frames arrive on a channel.
-struct Sse {
-    child: Child,
-    frames: mpsc::Receiver<Frame>,
-}
-
-impl Sse {
-    fn open(url: &str, headers: &[String]) -> Sse {
-        let mut child = curl_stream(url, headers, 120);
-        let stdout = child.stdout.take().unwrap();
-        let (tx, frames) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut frame = Frame::default();
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.is_empty() {
-                    let _ = tx.send(std::mem::take(&mut frame));
-                } else {
-                    frame.push_line(&line);
-                }
-            }
-        });
-        Sse { child, frames }
-    }
-
-    /// The next frame with an event (comments and bare ids skipped).
-    fn next(&self) -> Frame {
-        loop {
-            let frame = self
-                .frames
-                .recv_timeout(WAIT)
-                .expect("an SSE frame within the wait");
-            if frame.event.is_some() || !frame.data.is_empty() {
-                return frame;
-            }
-        }
-    }
-
-    /// Waits for a comment containing `text`.
-    fn comment(&self, text: &str) {
-        loop {
-            let frame = self
-                .frames
-                .recv_timeout(WAIT)
-                .unwrap_or_else(|_| panic!("a comment with {text:?}"));
-            if frame.comment.contains(text) {
-                return;
-            }
-        }
-    }
-
-    /// The next `n` change events.
-    fn changes(&self, n: usize) -> Vec<Value> {
-        (0..n)
-            .map(|_| {
-                let frame = self.next();
-                assert_eq!(frame.event.as_deref(), Some("change"), "{frame:?}");
-                let event: Value = serde_json::from_str(&frame.data).unwrap();
-                assert_eq!(frame.id.as_deref(), event["id"].as_str());
-                event
-            })
-            .collect()
-    }
-
-    /// Asserts that no event arrives for `for_` (heartbeats may).
-    fn quiet(&self, for_: Duration) {
-        let deadline = std::time::Instant::now() + for_;
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match self.frames.recv_timeout(left) {
-                Ok(frame) if frame.event.is_some() => panic!("expected nothing, got {frame:?}"),
-                Ok(_) => continue,
-                Err(_) => return,
-            }
-        }
-    }
-}
-
-impl Drop for Sse {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
-
-fn ws_connect(port: u16, tenant: &str, token: &str) -> Ws {
-    let url = format!("ws://127.0.0.1:{port}/v1/{tenant}/ws");
-    let mut request = url.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (ws, _) = tungstenite::connect(request).expect("websocket connects");
-    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(WAIT)).unwrap();
-    }
-    ws
-}
-
-/// A WebSocket whose socket holds at most 64 KiB unread, like a client on a
-/// slow link (loopback would otherwise let the kernel buffer tens of MB).
-fn ws_connect_slow(port: u16, tenant: &str, token: &str) -> Ws {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(64 * 1024).unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let mut request = format!("ws://127.0.0.1:{port}/v1/{tenant}/ws")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (ws, _) = tungstenite::client(request, tungstenite::stream::MaybeTlsStream::Plain(stream))
-        .expect("websocket connects");
-    ws
-}
-
-/// An SSE client on a socket that holds at most 64 KiB unread, reading
-/// the HTTP/1.1 response itself (chunked encoding included). Returns the
-/// frames it read, one every 10 ms (a slow reader), until the stream ends.
-fn sse_slow_reader(port: u16, path: &str) -> std::thread::JoinHandle<Vec<Frame>> {
-    use std::io::{Read, Write};
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(64 * 1024).unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let mut stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
-    )
-    .unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" {
-            break;
-        }
-        head.push_str(&line.to_lowercase());
-    }
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(head.contains("transfer-encoding: chunked"), "{head}");
-    assert!(head.contains("content-type: text/event-stream"), "{head}");
-    assert!(head.contains("\r\ndate: "), "{head}");
-    std::thread::spawn(move || {
-        let mut frames = Vec::new();
-        let mut text = String::new();
-        loop {
-            let mut size = String::new();
-            reader.read_line(&mut size).unwrap();
-            let size = usize::from_str_radix(size.trim_end(), 16).expect("a chunk size line");
-            let mut chunk = vec![0u8; size + 2];
-            reader.read_exact(&mut chunk).unwrap();
-            assert_eq!(&chunk[size..], b"\r\n", "chunk framing");
-            if size == 0 {
-                break;
-            }
-            text.push_str(std::str::from_utf8(&chunk[..size]).unwrap());
-            while let Some(end) = text.find("\n\n") {
-                let mut frame = Frame::default();
-                for line in text[..end].lines() {
-                    frame.push_line(line);
-                }
-                text.drain(..end + 2);
-                if frame.event.is_some() {
-                    frames.push(frame);
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
-        assert!(text.is_empty(), "a frame cut off: {text:?}");
-        let mut rest = Vec::new();
-        reader.read_to_end(&mut rest).unwrap();
-        assert!(rest.is_empty(), "bytes after the last chunk");
-        frames
-    })
-}
-
-fn ws_send(ws: &mut Ws, message: Value) {
-    ws.send(Message::text(message.to_string())).unwrap();
-}
-
-/// The next JSON message (pings are answered by tungstenite).
-fn ws_next(ws: &mut Ws) -> Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        // Pings keep the socket busy: the read timeout alone never fires.
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no websocket message within {WAIT:?}"
-        );
-        match ws.read().expect("a websocket message") {
-            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-            Message::Close(frame) => {
-                return json!({"type": "closed", "frame": frame.map(|f| (u16::from(f.code), f.reason.to_string()))})
-            }
-            _ => continue,
-        }
-    }
-}
-
-fn ws_subscribe(ws: &mut Ws, message: Value) {
-    ws_send(ws, message.clone());
-    let reply = ws_next(ws);
-    assert_eq!(reply["type"], "subscribed", "{message} → {reply}");
+    (dir.write("walcast.toml", &text), ops_port)
 }
 
 fn ids(events: &[Value]) -> Vec<i64> {
@@ -331,7 +73,7 @@ fn filters_auth_isolation_resume_and_state() {
     let redis = LocalRedis::start().expect("redis");
     let port = walcast::localdev::free_port().unwrap();
     let dir = TempDir::new("delivery");
-    let config = config(
+    let (config, _) = config(
         &dir,
         port,
         Some(&redis),
@@ -342,7 +84,14 @@ fn filters_auth_isolation_resume_and_state() {
     let base = format!("http://127.0.0.1:{port}");
     let op = operator("acme");
 
-    // -- Auth failures answer before any stream starts.
+    // -- Auth failures answer before any stream starts; without a valid
+    // token, a tenant that exists and one that does not get the same reply.
+    for bearer in [None, Some("garbage")] {
+        let known = get(&format!("{base}/v1/acme/events"), bearer);
+        let unknown = get(&format!("{base}/v1/nobody/events"), bearer);
+        assert_eq!(known, unknown);
+        assert_eq!(known.0, 401);
+    }
     let url = format!("{base}/v1/acme/events?table=public.tasks");
     let expired = token(
         json!({"tenant": "acme", "role": "operator", "exp": walcast::model::now_unix() - 3600}),
@@ -354,6 +103,8 @@ fn filters_auth_isolation_resume_and_state() {
     )
     .unwrap();
     let member = token(json!({"tenant": "acme", "role": "member", "sub": "failed"}));
+    let nobody = token(json!({"tenant": "nobody", "role": "operator"}));
+    let garbage = "garbage".to_owned();
     for (bearer, url, status, code) in [
         (None, url.clone(), 401, "missing_token"),
         (Some(expired.as_str()), url.clone(), 401, "expired"),
@@ -400,8 +151,28 @@ fn filters_auth_isolation_resume_and_state() {
             400,
             "bad_op",
         ),
+        // A tenant that does not exist: without a token valid for it, the
+        // same answers as for one that does, so names cannot be probed.
         (
             Some(op.as_str()),
+            format!("{base}/v1/nobody/events"),
+            403,
+            "wrong_tenant",
+        ),
+        (
+            None,
+            format!("{base}/v1/nobody/events"),
+            401,
+            "missing_token",
+        ),
+        (
+            Some(garbage.as_str()),
+            format!("{base}/v1/nobody/events"),
+            401,
+            "malformed_token",
+        ),
+        (
+            Some(nobody.as_str()),
             format!("{base}/v1/nobody/events"),
             404,
             "unknown_tenant",
@@ -673,7 +444,7 @@ fn without_redis_slow_clients_expiry_shutdown_and_a_thousand_subscribers() {
     let acme = TenantDb::start();
     let port = walcast::localdev::free_port().unwrap();
     let dir = TempDir::new("delivery-ring");
-    let config = config(&dir, port, None, &[("acme", &acme)]);
+    let (config, ops_port) = config(&dir, port, None, &[("acme", &acme)]);
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("[auth]\n", "[auth]\nleeway_secs = 0\n")
@@ -820,7 +591,7 @@ fn without_redis_slow_clients_expiry_shutdown_and_a_thousand_subscribers() {
     drop(fast);
 
     // -- Delivery metrics, with live values.
-    let (_, metrics) = get(&format!("{base}/metrics"), None);
+    let (_, metrics) = get(&format!("http://127.0.0.1:{ops_port}/metrics"), None);
     let value = |name: &str| -> f64 {
         metrics
             .lines()
@@ -850,7 +621,7 @@ fn without_redis_slow_clients_expiry_shutdown_and_a_thousand_subscribers() {
     );
     let (status, _) = get(&format!("{base}/v1/acme/events"), Some("garbage"));
     assert_eq!(status, 401);
-    let (_, metrics) = get(&format!("{base}/metrics"), None);
+    let (_, metrics) = get(&format!("http://127.0.0.1:{ops_port}/metrics"), None);
     assert!(
         metrics.contains("walcast_delivery_auth_failures_total{reason=\"malformed_token\"}"),
         "{metrics}"

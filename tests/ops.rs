@@ -1,6 +1,7 @@
 //! Operations endpoints against a running `walcast run`, read with curl:
-//! /healthz, /readyz with per-tenant state (503 while a tenant is down),
-//! /metrics in Prometheus text with live values.
+//! on `[server] ops_listen`, /healthz, /readyz with per-tenant state (503
+//! while a tenant is down), /metrics in Prometheus text with live values; on
+//! the client port, /readyz says ready or not and nothing about tenants.
 
 mod common;
 
@@ -33,18 +34,30 @@ fn health_readiness_and_metrics() {
     let acme = TenantDb::start();
     let globex = TenantDb::start();
     let port = walcast::localdev::free_port().unwrap();
+    let ops_port = walcast::localdev::free_port().unwrap();
     let dir = TempDir::new("ops");
     let config = dir.write(
         "walcast.toml",
         &format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nready_grace_secs = 0\n\n{}\n{}",
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nops_listen = [\"127.0.0.1:{ops_port}\"]\nready_grace_secs = 0\n\n{}\n{}",
             acme.tenant_toml("acme"),
             globex.tenant_toml("globex")
         ),
     );
     let walcast = Walcast::spawn(&config, &["run"]);
     walcast.wait_log("streaming tenant=", 2);
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("http://127.0.0.1:{ops_port}");
+    let client = format!("http://127.0.0.1:{port}");
+
+    // The client port: ready or not, and nothing else.
+    let (code, body) = get(&format!("{client}/healthz"));
+    assert_eq!((code, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (code, body) = get(&format!("{client}/readyz"));
+    assert_eq!((code, body.as_str()), (200, r#"{"ready":true}"#));
+    let (code, body) = get(&format!("{client}/metrics"));
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("ops_listen"), "{body}");
+    assert!(!body.contains("acme"), "{body}");
 
     let (code, body) = get(&format!("{base}/healthz"));
     assert_eq!((code, body.as_str()), (200, r#"{"status":"ok"}"#));
@@ -87,6 +100,8 @@ fn health_readiness_and_metrics() {
     let (_, body) = get(&format!("{base}/readyz"));
     let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ready["ready"], false);
+    let (code, body) = get(&format!("{client}/readyz"));
+    assert_eq!((code, body.as_str()), (503, r#"{"ready":false}"#));
     assert_eq!(ready["tenants"]["globex"]["state"], "retrying");
     assert_eq!(ready["tenants"]["acme"]["state"], "streaming");
     wait_until("globex's slot to be reported inactive", || {

@@ -53,10 +53,34 @@ impl Config {
     }
 }
 
-/// Where the HTTP server listens.
+/// Where the HTTP server listens, and the bounds on what clients may cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     pub listen: Vec<std::net::SocketAddr>,
+    /// Where `/metrics` and the detailed `/readyz` are served (empty: not
+    /// served; the client listeners answer `/readyz` with ready or not only).
+    pub ops_listen: Vec<std::net::SocketAddr>,
+    /// Open client connections at most (None: derived from the file limit,
+    /// keeping room for Postgres and Redis sockets).
+    pub max_connections: Option<usize>,
+    /// Open connections per client address at most (None: no such cap).
+    pub max_connections_per_ip: Option<usize>,
+    /// Streams (SSE, WebSocket) per tenant at most (None: no such cap).
+    pub max_streams_per_tenant: Option<usize>,
+    /// How long a connection may take to send a complete request head, and
+    /// stay idle between requests.
+    pub head_timeout: Duration,
+    /// How long a write to a client may wait for the client to read.
+    pub write_timeout: Duration,
+    /// Bytes of events queued for one subscription before its client counts
+    /// as too slow (with `subscriber_queue` events, whichever comes first).
+    pub subscriber_queue_bytes: usize,
+    /// Bytes of events queued for all clients together.
+    pub delivery_buffer_bytes: usize,
+    /// Row filters in one subscription at most (the client's and its rules').
+    pub max_filters: usize,
+    /// Values in one `in.(…)` filter at most.
+    pub max_in_values: usize,
     /// `/readyz` reports ready during this long after start even while
     /// tenants are still connecting.
     pub ready_grace: Duration,
@@ -80,7 +104,20 @@ pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 4096;
 /// Default of `[server] heartbeat_secs`.
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
 /// Default of `[server] max_subscriptions`.
-pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 64;
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 32;
+
+/// Default of `[server] head_timeout_secs`.
+pub const DEFAULT_HEAD_TIMEOUT_SECS: u64 = 10;
+/// Default of `[server] write_timeout_secs`.
+pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 30;
+/// Default of `[server] subscriber_queue_bytes`: 4 MiB.
+pub const DEFAULT_SUBSCRIBER_QUEUE_BYTES: usize = 4 << 20;
+/// Default of `[server] delivery_buffer_bytes`: 256 MiB.
+pub const DEFAULT_DELIVERY_BUFFER_BYTES: usize = 256 << 20;
+/// Default of `[server] max_filters`.
+pub const DEFAULT_MAX_FILTERS: usize = 8;
+/// Default of `[server] max_in_values`.
+pub const DEFAULT_MAX_IN_VALUES: usize = 100;
 
 /// Default of `[server] ready_grace_secs`.
 pub const DEFAULT_READY_GRACE_SECS: u64 = 30;
@@ -130,6 +167,26 @@ pub(crate) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawServer {
     pub listen: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub ops_listen: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub max_connections: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub max_connections_per_ip: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub max_streams_per_tenant: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub head_timeout_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub write_timeout_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub subscriber_queue_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub delivery_buffer_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub max_filters: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub max_in_values: Option<Spanned<u64>>,
     #[serde(default)]
     pub ready_grace_secs: Option<Spanned<u64>>,
     #[serde(default)]

@@ -397,15 +397,33 @@ pub(super) fn validate(
                     "listen is empty; give at least one address, like listen = [\"127.0.0.1:8080\"]".into(),
                 ));
             }
-            let mut listen = Vec::new();
-            for addr in server.listen.get_ref() {
-                let parsed = addr.get_ref().parse::<std::net::SocketAddr>().map_err(|_| {
-                    at(
-                        addr.span(),
-                        format!("listen address {:?} is not an IP address with a port; write it like \"127.0.0.1:8080\" or \"[::1]:8080\"", addr.get_ref()),
-                    )
-                })?;
-                listen.push(parsed);
+            let addresses = |list: &[Spanned<String>], key: &str| {
+                let mut parsed = Vec::new();
+                for addr in list {
+                    parsed.push(addr.get_ref().parse::<std::net::SocketAddr>().map_err(|_| {
+                        at(
+                            addr.span(),
+                            format!("{key} address {:?} is not an IP address with a port; write it like \"127.0.0.1:8080\" or \"[::1]:8080\"", addr.get_ref()),
+                        )
+                    })?);
+                }
+                Ok::<_, ConfigError>(parsed)
+            };
+            let listen = addresses(server.listen.get_ref(), "listen")?;
+            let ops_listen = match &server.ops_listen {
+                Some(list) => addresses(list.get_ref(), "ops_listen")?,
+                None => Vec::new(),
+            };
+            if let Some(shared) = ops_listen.iter().find(|a| listen.contains(a)) {
+                let span = server
+                    .ops_listen
+                    .as_ref()
+                    .map(|l| l.span())
+                    .unwrap_or_default();
+                return Err(at(
+                    span,
+                    format!("ops_listen address {shared} is also in listen; give the operations endpoints an address of their own (for example \"127.0.0.1:9187\"), so that /metrics stays off the client port"),
+                ));
             }
             let ready_grace = match &server.ready_grace_secs {
                 Some(v) if *v.get_ref() > 3600 => {
@@ -463,8 +481,85 @@ pub(super) fn validate(
                 10_000,
                 super::DEFAULT_MAX_SUBSCRIPTIONS as u64,
             )? as usize;
+            let optional =
+                |value: &Option<Spanned<u64>>, name: &str, min: u64, max: u64| match value {
+                    Some(v) if !(min..=max).contains(v.get_ref()) => Err(at(
+                        v.span(),
+                        format!(
+                            "{name} must be between {min} and {max} (leave it out for no such cap)"
+                        ),
+                    )),
+                    Some(v) => Ok(Some(*v.get_ref() as usize)),
+                    None => Ok(None),
+                };
+            let max_connections = match &server.max_connections {
+                Some(v) if !(16..=10_000_000).contains(v.get_ref()) => {
+                    return Err(at(
+                        v.span(),
+                        "max_connections must be between 16 and 10000000 (leave it out to derive it from the open-file limit)".into(),
+                    ))
+                }
+                Some(v) => Some(*v.get_ref() as usize),
+                None => None,
+            };
             Some(super::ServerConfig {
                 listen,
+                ops_listen,
+                max_connections,
+                max_connections_per_ip: optional(
+                    &server.max_connections_per_ip,
+                    "max_connections_per_ip",
+                    1,
+                    10_000_000,
+                )?,
+                max_streams_per_tenant: optional(
+                    &server.max_streams_per_tenant,
+                    "max_streams_per_tenant",
+                    1,
+                    10_000_000,
+                )?,
+                head_timeout: Duration::from_secs(ranged(
+                    &server.head_timeout_secs,
+                    "head_timeout_secs",
+                    1,
+                    300,
+                    super::DEFAULT_HEAD_TIMEOUT_SECS,
+                )?),
+                write_timeout: Duration::from_secs(ranged(
+                    &server.write_timeout_secs,
+                    "write_timeout_secs",
+                    1,
+                    600,
+                    super::DEFAULT_WRITE_TIMEOUT_SECS,
+                )?),
+                subscriber_queue_bytes: ranged(
+                    &server.subscriber_queue_bytes,
+                    "subscriber_queue_bytes",
+                    64 * 1024,
+                    1 << 34,
+                    super::DEFAULT_SUBSCRIBER_QUEUE_BYTES as u64,
+                )? as usize,
+                delivery_buffer_bytes: ranged(
+                    &server.delivery_buffer_bytes,
+                    "delivery_buffer_bytes",
+                    1 << 20,
+                    1 << 40,
+                    super::DEFAULT_DELIVERY_BUFFER_BYTES as u64,
+                )? as usize,
+                max_filters: ranged(
+                    &server.max_filters,
+                    "max_filters",
+                    1,
+                    64,
+                    super::DEFAULT_MAX_FILTERS as u64,
+                )? as usize,
+                max_in_values: ranged(
+                    &server.max_in_values,
+                    "max_in_values",
+                    1,
+                    1000,
+                    super::DEFAULT_MAX_IN_VALUES as u64,
+                )? as usize,
                 ready_grace,
                 cors_origins,
                 subscriber_queue,

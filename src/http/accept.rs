@@ -1,6 +1,15 @@
-//! Accepting connections: what `warp::serve` does, with two differences
-//! that keep a long-lived client connection small.
+//! Accepting connections: what `warp::serve` does, with admission control,
+//! deadlines, and two differences that keep a long-lived client connection
+//! small.
 //!
+//! - Every connection needs a `Ticket` (`admission`): over a cap it gets a
+//!   `503` with `Retry-After` and is closed. Accept errors (out of file
+//!   descriptors) back off instead of spinning.
+//! - Every connection has a head deadline (`[server] head_timeout_secs`) for
+//!   its first request head and, through hyper's header timer, for every
+//!   later one and the idle time between them; every write waits at most
+//!   `[server] write_timeout_secs` for the client to read (`ClientIo`), on
+//!   every path (hyper's, the SSE writer's, an upgraded WebSocket's).
 //! - A connection whose first request is a plain `GET /v1/<tenant>/events`
 //!   is answered by walcast's own SSE writer (`sse::serve_socket`), not by
 //!   hyper: hyper keeps an 8 KiB read buffer and an 8 KiB write buffer for as
@@ -12,8 +21,9 @@
 //!
 //! Everything else, including any later request on a kept-alive
 //! connection, goes to hyper and warp's routes, with the bytes read so far
-//! handed over first (`Prefixed`).
+//! handed over first.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,12 +31,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::reply::Response;
 
+use super::admission::{Admission, RateLimitedLog, Refusal, Ticket};
+use super::sse::SseRequest;
 use super::{sse, ws, ClientContext};
 
 /// The client API's context and the allowed CORS origins.
@@ -57,82 +69,154 @@ impl<S> Routes for S where
 {
 }
 
+/// A byte stream a client connection runs on (plain TCP, or TLS over it).
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for S {}
+
 /// A request head larger than this is left to hyper.
 const MAX_SNIFFED_HEAD: usize = 16 * 1024;
-/// How long a new connection may take to send its first request head.
-const FIRST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest wait after a failed accept (out of file descriptors).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a refusal may take to write, and to read the refused request
+/// (so that closing does not reset the connection before the client read
+/// the reply).
+const REFUSAL_DEADLINE: Duration = Duration::from_millis(100);
+
+/// How one listener serves its connections.
+#[derive(Clone)]
+pub struct Listener<S> {
+    pub service: S,
+    pub client: ClientRoute,
+    pub admission: Arc<Admission>,
+    pub head_timeout: Duration,
+    pub write_timeout: Duration,
+}
 
 /// Accepts connections until `cancel` fires, then lets open requests
 /// finish (hyper connections are told to close once their current response
 /// is sent; SSE streams end by themselves at shutdown).
 pub async fn accept_loop<S: Routes>(
     listener: TcpListener,
-    service: S,
-    client: ClientRoute,
+    serve: Listener<S>,
     cancel: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    let accept_errors = RateLimitedLog::default();
+    let mut backoff = Duration::ZERO;
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
-                    // Out of file descriptors, for example: wait, then go on.
-                    tracing::warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+                    // Out of file descriptors, for example: wait longer each
+                    // time, so that a full table does not spin a core.
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                    accept_errors.warn_error("accepting a connection failed; backing off", &error);
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => continue,
+                    }
                 }
             },
         };
-        connections.spawn(connection(
-            stream,
-            service.clone(),
-            client.clone(),
-            cancel.clone(),
-        ));
+        backoff = Duration::ZERO;
+        // Frames are batched into writes already; each goes out at once.
+        let _ = stream.set_nodelay(true);
+        match serve.admission.admit(peer.ip()) {
+            Ok(ticket) => {
+                connections.spawn(connection(stream, ticket, serve.clone(), cancel.clone()));
+            }
+            Err(refusal) => match serve.admission.refusal_slot() {
+                Some(slot) => {
+                    connections.spawn(async move {
+                        refuse(stream, refusal).await;
+                        drop(slot);
+                    });
+                }
+                // Too many refusals in flight: the reply goes into the empty
+                // send buffer of the new socket, and the socket closes now.
+                None => {
+                    let _ = stream.try_write(&refusal_reply(refusal));
+                }
+            },
+        }
     }
     drop(listener);
     connections.close();
     connections.wait().await;
 }
 
+/// The `503` with `Retry-After` that a connection over a cap gets.
+fn refusal_reply(refusal: Refusal) -> Vec<u8> {
+    let message = match refusal {
+        Refusal::MaxConnections => "walcast has as many client connections open as it allows ([server] max_connections); retry shortly",
+        Refusal::MaxConnectionsPerIp => "this address has as many connections open as walcast allows one address ([server] max_connections_per_ip); close some, or retry shortly",
+        Refusal::MaxStreamsPerTenant => "this tenant has as many streams open as walcast allows ([server] max_streams_per_tenant); retry shortly",
+    };
+    super::client::refusal_bytes(503, refusal.as_str(), message, Some(1))
+}
+
+/// Answers a connection over a cap with `503` and `Retry-After`, then closes.
+async fn refuse<S: ClientStream>(mut stream: S, refusal: Refusal) {
+    let reply = refusal_reply(refusal);
+    let _ = tokio::time::timeout(REFUSAL_DEADLINE, async {
+        stream.write_all(&reply).await?;
+        stream.shutdown().await?;
+        // Read what the client sent, so that the close is not a reset that
+        // could discard the reply before the client reads it.
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
+}
+
 /// Serves one connection.
-async fn connection<S: Routes>(
-    mut stream: TcpStream,
-    service: S,
-    client: ClientRoute,
+async fn connection<S: Routes, T: ClientStream>(
+    stream: T,
+    ticket: Ticket,
+    serve: Listener<S>,
     cancel: CancellationToken,
 ) {
-    let mut prefix = Bytes::new();
-    if let Some((ctx, origins)) = &client {
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return,
-            first = tokio::time::timeout(FIRST_HEAD_TIMEOUT, first_head(&mut stream)) => first,
-        };
-        match first {
-            Err(_elapsed) => {
-                tracing::debug!("connection sent no request within 30 s; closed");
-                return;
-            }
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "connection ended before its first request");
-                return;
-            }
-            Ok(Ok(Sniffed::Sse(request))) => {
-                sse::serve_socket(stream, Arc::clone(ctx), origins, request).await;
-                return;
-            }
-            Ok(Ok(Sniffed::Other(read))) => prefix = read,
+    let mut stream = ClientIo::new(stream, serve.write_timeout);
+    let ticket = Arc::new(ticket);
+    let first = tokio::select! {
+        _ = cancel.cancelled() => return,
+        first = tokio::time::timeout(serve.head_timeout, first_head(&mut stream, serve.client.is_some())) => first,
+    };
+    match first {
+        Err(_elapsed) => {
+            metrics::counter!(crate::metrics::HTTP_TIMEOUTS, crate::metrics::KIND => "head")
+                .increment(1);
+            tracing::debug!(
+                timeout_secs = serve.head_timeout.as_secs(),
+                "connection sent no complete request head in time; closed"
+            );
+            return;
         }
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "connection ended before its first request");
+            return;
+        }
+        Ok(Ok(Sniffed::Sse(request))) => {
+            if let Some((ctx, origins)) = &serve.client {
+                sse::serve_socket(stream, Arc::clone(ctx), origins, request).await;
+            }
+            return;
+        }
+        Ok(Ok(Sniffed::Other(read))) => stream.prefix = read,
     }
+    let client = serve.client.clone();
+    let service = serve.service.clone();
     let handler = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let mut service = service.clone();
         let client = client.clone();
+        let ticket = Arc::clone(&ticket);
         async move {
             if let Some((ctx, origins)) = &client {
                 if let Some(tenant) = ws::ws_path(req.uri().path()).map(str::to_owned) {
-                    return Ok(ws::upgrade(Arc::clone(ctx), origins, &tenant, req));
+                    return Ok(ws::upgrade(Arc::clone(ctx), origins, &tenant, req, ticket));
                 }
             }
             tower_service::Service::call(&mut service, req).await
@@ -140,11 +224,11 @@ async fn connection<S: Routes>(
     });
     let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder.http1();
-    let io = hyper_util::rt::TokioIo::new(Prefixed {
-        prefix,
-        inner: stream,
-    });
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(serve.head_timeout);
+    let io = hyper_util::rt::TokioIo::new(stream);
     let connection = builder.serve_connection_with_upgrades(io, handler);
     tokio::pin!(connection);
     let result = tokio::select! {
@@ -155,7 +239,7 @@ async fn connection<S: Routes>(
         }
     };
     if let Err(error) = result {
-        // A client that went away mid-response: normal, not an error.
+        // A client that went away mid-response, or a head timeout: normal.
         tracing::debug!(%error, "http connection ended");
     }
 }
@@ -169,22 +253,14 @@ enum Sniffed {
     Other(Bytes),
 }
 
-/// What the SSE writer needs from a request head.
-#[derive(Debug, PartialEq, Eq)]
-pub struct SseRequest {
-    pub tenant: String,
-    pub path: String,
-    pub query: String,
-    pub authorization: Option<String>,
-    pub last_event_id: Option<String>,
-    pub origin: Option<String>,
-    /// An HTTP/1.0 client: no chunked encoding, the body ends at close.
-    pub http10: bool,
-}
-
 /// Reads until the first request head is complete, or until it is clear
-/// that the request is not one for `sse::serve_socket`.
-async fn first_head(stream: &mut TcpStream) -> io::Result<Sniffed> {
+/// that the request is not one for `sse::serve_socket` (never, without the
+/// client API: then only the first bytes, for hyper's head timer to take
+/// over a connection that did send something).
+async fn first_head<T: ClientStream>(
+    stream: &mut ClientIo<T>,
+    client_api: bool,
+) -> io::Result<Sniffed> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         if buf.len() == buf.capacity() {
@@ -192,6 +268,9 @@ async fn first_head(stream: &mut TcpStream) -> io::Result<Sniffed> {
         }
         if stream.read_buf(&mut buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if !client_api {
+            return Ok(Sniffed::Other(buf.freeze()));
         }
         match sniff(&buf) {
             Some(Some(request)) => return Ok(Sniffed::Sse(request)),
@@ -275,13 +354,70 @@ fn sse_request(request: &httparse::Request<'_, '_>) -> Option<SseRequest> {
     })
 }
 
-/// A connection with bytes already read from it put back in front.
-struct Prefixed {
+/// A client connection: bytes already read from it put back in front, and
+/// a deadline on every write that the client does not make room for.
+pub struct ClientIo<T> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: T,
+    write_timeout: Duration,
+    /// Armed when a write found the socket full; disarmed by progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The deadline passed once: every later write fails at once.
+    timed_out: bool,
 }
 
-impl AsyncRead for Prefixed {
+impl<T> ClientIo<T> {
+    pub fn new(inner: T, write_timeout: Duration) -> ClientIo<T> {
+        ClientIo {
+            prefix: Bytes::new(),
+            inner,
+            write_timeout,
+            stalled: None,
+            timed_out: false,
+        }
+    }
+
+    /// The write could not go on: whether the client has left it waiting
+    /// past the deadline.
+    fn stall(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let timeout = self.write_timeout;
+        if self.timed_out {
+            return Poll::Ready(Err(Self::timed_out_error(timeout)));
+        }
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.stalled = None;
+                self.timed_out = true;
+                metrics::counter!(crate::metrics::HTTP_TIMEOUTS, crate::metrics::KIND => "write")
+                    .increment(1);
+                Poll::Ready(Err(Self::timed_out_error(timeout)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn timed_out_error(timeout: Duration) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the client read nothing for {} s ([server] write_timeout_secs)",
+                timeout.as_secs()
+            ),
+        )
+    }
+
+    fn progressed<R>(&mut self, result: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if result.is_ready() {
+            self.stalled = None;
+        }
+        result
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -302,13 +438,20 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.timed_out {
+            return this.stall(cx);
+        }
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Pending => this.stall(cx),
+            ready => this.progressed(ready),
+        }
     }
 
     fn poll_write_vectored(
@@ -316,7 +459,14 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.timed_out {
+            return this.stall(cx);
+        }
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.stall(cx),
+            ready => this.progressed(ready),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -324,7 +474,11 @@ impl AsyncWrite for Prefixed {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Pending => this.stall(cx).map_ok(|_| ()),
+            ready => this.progressed(ready),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -335,6 +489,7 @@ impl AsyncWrite for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     #[test]
     fn sniffs_a_browser_event_source_request() {
@@ -395,7 +550,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn prefixed_reads_the_prefix_first() {
+    async fn a_write_the_client_does_not_make_room_for_fails_at_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (inner, _) = listener.accept().await.unwrap();
+        let mut io = ClientIo::new(inner, Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let chunk = vec![b'x'; 64 * 1024];
+        let error = loop {
+            if let Err(error) = io.write_all(&chunk).await {
+                break error;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the writes never blocked"
+            );
+        };
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        // Once timed out, a later write fails at once.
+        let again = std::time::Instant::now();
+        assert!(io.write_all(b"x").await.is_err());
+        assert!(again.elapsed() < Duration::from_millis(100));
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn client_io_reads_the_prefix_first() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let client = tokio::spawn(async move {
@@ -404,10 +586,8 @@ mod tests {
             c.write_all(b" world").await.unwrap();
         });
         let (inner, _) = listener.accept().await.unwrap();
-        let mut io = Prefixed {
-            prefix: Bytes::from_static(b"hello"),
-            inner,
-        };
+        let mut io = ClientIo::new(inner, Duration::from_secs(1));
+        io.prefix = Bytes::from_static(b"hello");
         let mut all = Vec::new();
         io.read_to_end(&mut all).await.unwrap();
         client.await.unwrap();

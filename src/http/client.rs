@@ -16,8 +16,9 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
+use super::admission::{StreamTicket, TenantStreams};
 use crate::auth::{AuthError, Authenticator, Principal};
-use crate::hub::{Hubs, RequestError, Subscription, SubscriptionRequest, TenantHub};
+use crate::hub::{Hubs, MatchLimits, RequestError, Subscription, SubscriptionRequest, TenantHub};
 
 /// Longest query string accepted (tables, filters and a token fit easily).
 pub const MAX_QUERY_BYTES: usize = 16 * 1024;
@@ -28,6 +29,10 @@ pub struct ClientContext {
     pub auth: Authenticator,
     pub heartbeat: Duration,
     pub max_subscriptions: usize,
+    /// What one subscription may cost to match.
+    pub match_limits: MatchLimits,
+    /// Open streams per tenant, against `[server] max_streams_per_tenant`.
+    pub streams: Arc<TenantStreams>,
     /// Fires at shutdown: streams say goodbye and end.
     pub shutdown: CancellationToken,
 }
@@ -46,6 +51,26 @@ pub fn error(status: u16, code: &str, message: &str) -> Response {
             warp::http::HeaderValue::from_static("Bearer"),
         );
     }
+    reply
+}
+
+/// A complete HTTP/1.1 error reply as bytes, for the paths that write to the
+/// socket themselves (refusals at accept); `retry_after` in seconds.
+pub fn refusal_bytes(status: u16, code: &str, message: &str, retry_after: Option<u64>) -> Vec<u8> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let body = json!({"error": {"code": code, "message": message}}).to_string();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    if let Some(secs) = retry_after {
+        head.push_str(&format!("retry-after: {secs}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut reply = head.into_bytes();
+    reply.extend_from_slice(body.as_bytes());
     reply
 }
 
@@ -160,7 +185,8 @@ fn percent_decode(text: &str) -> Option<String> {
 }
 
 impl ClientContext {
-    /// The tenant's hub, or a 404 that says which tenants exist.
+    /// The tenant's hub, or a 404. Asked only after the token verified for
+    /// this tenant, so that tenant names cannot be probed without one.
     pub fn hub(&self, tenant: &str) -> Result<Arc<TenantHub>, Response> {
         self.hubs.get(tenant).ok_or_else(|| {
             error(
@@ -192,17 +218,35 @@ impl ClientContext {
     }
 
     /// What every client route starts with: the tenant's hub, the query,
-    /// and the verified principal.
+    /// and the verified principal. The token is checked first: a request
+    /// without a valid one gets the same 401 for a tenant that exists and
+    /// for one that does not.
     pub fn open(
         &self,
         tenant: &str,
         raw_query: &str,
         authorization: Option<&str>,
     ) -> Result<(Arc<TenantHub>, Query, Principal), Response> {
-        let hub = self.hub(tenant)?;
         let query = Query::parse(raw_query)?;
         let principal = self.authenticate(tenant, authorization, query.one("access_token"))?;
+        let hub = self.hub(tenant)?;
         Ok((hub, query, principal))
+    }
+
+    /// A place for one more stream of the tenant, or a 503 that says which
+    /// cap it would pass.
+    pub fn stream_ticket(&self, hub: &TenantHub) -> Result<StreamTicket, Response> {
+        self.streams.open(&hub.tenant.as_arc()).map_err(|cap| {
+            let mut reply = error(
+                503,
+                "too_many_streams",
+                &format!("tenant {} has {cap} streams open, as many as walcast allows one tenant ([server] max_streams_per_tenant); retry shortly", hub.tenant),
+            );
+            reply
+                .headers_mut()
+                .insert("retry-after", warp::http::HeaderValue::from_static("1"));
+            reply
+        })
     }
 
     /// Builds a subscription for `principal`; access refusals are counted.
@@ -212,6 +256,7 @@ impl ClientContext {
         request: &SubscriptionRequest,
         principal: &Principal,
     ) -> Result<Subscription, RequestError> {
+        request.check_limits(self.match_limits)?;
         let schema = hub.schema();
         Subscription::build(request, principal, &hub.tables, schema.as_deref()).inspect_err(|err| {
             if err.status == 403 {
@@ -281,4 +326,12 @@ pub fn gap_json(
         value["sub"] = json!(sub);
     }
     value
+}
+
+/// Sleeps until `deadline`, or forever without one.
+pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }

@@ -1,8 +1,12 @@
 //! The HTTP server: listening, routes, and the mapping of failures to status
 //! codes. It holds no database connections.
 //!
-//! - `accept`: the accept loop, and which connections hyper serves;
-//! - `ops`: `/healthz`, `/readyz`, `/metrics`;
+//! - `admission`: caps on connections (in all, per address) and streams
+//!   (per tenant);
+//! - `accept`: the accept loop, deadlines, and which connections hyper
+//!   serves;
+//! - `ops`: `/healthz`, `/readyz`, `/metrics` (the detailed ones only on
+//!   `[server] ops_listen`);
 //! - `client`: what the client API routes share (context, tokens, queries,
 //!   error replies);
 //! - `sse`: `GET /v1/{tenant}/events`;
@@ -11,6 +15,7 @@
 //! - the inspector page at `/` (`inspector.html`, embedded in the binary).
 
 pub mod accept;
+pub mod admission;
 pub mod client;
 pub mod ops;
 pub mod sse;
@@ -43,21 +48,36 @@ pub struct ListenError {
     pub source: std::io::Error,
 }
 
+/// The bound sockets: the client API's, and the operations endpoints'.
+pub struct Listeners {
+    pub client: Vec<TcpListener>,
+    pub ops: Vec<TcpListener>,
+}
+
 /// Binds every configured address first, so a taken port is an error at
 /// start-up, not a panic later.
-pub async fn bind(listen: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> {
-    let mut listeners = Vec::with_capacity(listen.len());
-    for addr in listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ListenError {
-                addr: *addr,
-                source,
-            })?;
-        listeners.push(listener);
+pub async fn bind(server: &ServerConfig) -> Result<Listeners, ListenError> {
+    async fn all(addresses: &[SocketAddr]) -> Result<Vec<TcpListener>, ListenError> {
+        let mut listeners = Vec::with_capacity(addresses.len());
+        for addr in addresses {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ListenError {
+                    addr: *addr,
+                    source,
+                })?;
+            listeners.push(listener);
+        }
+        Ok(listeners)
     }
-    Ok(listeners)
+    Ok(Listeners {
+        client: all(&server.listen).await?,
+        ops: all(&server.ops_listen).await?,
+    })
 }
+
+/// Connections the operations listener takes at once (Prometheus, probes).
+const MAX_OPS_CONNECTIONS: usize = 64;
 
 /// The query string, or "" when there is none.
 fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
@@ -152,11 +172,15 @@ async fn rejection(err: Rejection) -> Result<Response, Rejection> {
     ))
 }
 
-/// Serves the routes on every listener until `cancel` fires.
+/// Serves the client API (and the short `/healthz` and `/readyz`) on the
+/// client listeners and the operations endpoints on the ops listeners, until
+/// `cancel` fires.
 pub fn serve(
-    listeners: Vec<TcpListener>,
+    listeners: Listeners,
     ops_state: Arc<OpsState>,
-    client: Option<(Arc<ClientContext>, &ServerConfig)>,
+    ctx: Arc<ClientContext>,
+    server: &ServerConfig,
+    admission: Arc<admission::Admission>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) {
@@ -164,59 +188,76 @@ pub fn serve(
         // The path only: a query may hold an access token.
         tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http request");
     });
-    let ops = ops::routes(ops_state).map(Reply::into_response);
-    let client_route: accept::ClientRoute = client
-        .as_ref()
-        .map(|(ctx, server)| (Arc::clone(ctx), Arc::new(server.cors_origins.clone())));
-    let routes: warp::filters::BoxedFilter<(Response,)> = match client {
-        Some((ctx, server)) => {
-            let inspector_enabled = server.inspector;
-            let inspector = warp::path::end()
-                .and(warp::get())
-                .and_then(move || async move {
-                    if inspector_enabled {
-                        Ok(warp::reply::html(INSPECTOR_HTML).into_response())
-                    } else {
-                        Err(warp::reject::not_found())
-                    }
-                });
-            let api = client_routes(ctx);
-            let api: warp::filters::BoxedFilter<(Response,)> = if server.cors_origins.is_empty() {
-                api.boxed()
+    let inspector_enabled = server.inspector;
+    let inspector = warp::path::end()
+        .and(warp::get())
+        .and_then(move || async move {
+            if inspector_enabled {
+                Ok(warp::reply::html(INSPECTOR_HTML).into_response())
             } else {
-                let mut cors = warp::cors()
-                    .allow_methods(vec!["GET"])
-                    .allow_headers(vec!["authorization", "last-event-id", "content-type"])
-                    .max_age(600);
-                if server.cors_origins.iter().any(|o| o == "*") {
-                    cors = cors.allow_any_origin();
-                } else {
-                    cors = cors.allow_origins(server.cors_origins.iter().map(String::as_str));
-                }
-                api.with(cors).map(Reply::into_response).boxed()
-            };
-            ops.or(inspector).unify().or(api).unify().boxed()
+                Err(warp::reject::not_found())
+            }
+        });
+    let api = client_routes(Arc::clone(&ctx));
+    let api: warp::filters::BoxedFilter<(Response,)> = if server.cors_origins.is_empty() {
+        api.boxed()
+    } else {
+        let mut cors = warp::cors()
+            .allow_methods(vec!["GET"])
+            .allow_headers(vec!["authorization", "last-event-id", "content-type"])
+            .max_age(600);
+        if server.cors_origins.iter().any(|o| o == "*") {
+            cors = cors.allow_any_origin();
+        } else {
+            cors = cors.allow_origins(server.cors_origins.iter().map(String::as_str));
         }
-        None => ops.boxed(),
+        api.with(cors).map(Reply::into_response).boxed()
     };
-    let routes = routes
-        .recover(rejection)
-        .unify()
-        .with(warp::reply::with::header(
-            "x-content-type-options",
-            "nosniff",
-        ))
-        .with(log);
-    let service = warp::service(routes);
-    for listener in listeners {
+    let public_ops = ops::public_routes(Arc::clone(&ops_state), !listeners.ops.is_empty())
+        .map(Reply::into_response);
+    let client_routes = public_ops.or(inspector).unify().or(api).unify();
+    let finish = |routes: warp::filters::BoxedFilter<(Response,)>| {
+        warp::service(
+            routes
+                .recover(rejection)
+                .unify()
+                .with(warp::reply::with::header(
+                    "x-content-type-options",
+                    "nosniff",
+                ))
+                .with(log),
+        )
+    };
+    let client_service = finish(client_routes.boxed());
+    let ops_service = finish(ops::routes(ops_state).map(Reply::into_response).boxed());
+    let client = accept::Listener {
+        service: client_service,
+        client: Some((ctx, Arc::new(server.cors_origins.clone()))),
+        admission,
+        head_timeout: server.head_timeout,
+        write_timeout: server.write_timeout,
+    };
+    let ops = accept::Listener {
+        service: ops_service,
+        client: None,
+        admission: admission::Admission::new("ops", MAX_OPS_CONNECTIONS, None),
+        head_timeout: server.head_timeout,
+        write_timeout: server.write_timeout,
+    };
+    for listener in listeners.client {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, "http listening (/v1 client API, /healthz, /readyz, /metrics)");
+            tracing::info!(%addr, max_connections = client.admission.max_connections(), "http listening (/v1 client API, /healthz, /readyz)");
         }
         tracker.spawn(accept::accept_loop(
             listener,
-            service.clone(),
-            client_route.clone(),
+            client.clone(),
             cancel.clone(),
         ));
+    }
+    for listener in listeners.ops {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "ops listening (/metrics, /readyz with each tenant's state, /healthz)");
+        }
+        tracker.spawn(accept::accept_loop(listener, ops.clone(), cancel.clone()));
     }
 }

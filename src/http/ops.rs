@@ -1,6 +1,9 @@
 //! Operations endpoints: `/healthz` (the process answers), `/readyz` (every
-//! tenant streams, or the start-up grace has not passed; per-tenant state in
-//! the body), `/metrics` (Prometheus text).
+//! tenant streams, or the start-up grace has not passed), `/metrics`
+//! (Prometheus text). The full set, with each tenant's state and error in
+//! `/readyz`, is served on `[server] ops_listen` only; the client listeners
+//! say ready or not and nothing else, so that nobody learns tenant names,
+//! database URLs or errors there.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -54,6 +57,36 @@ impl OpsState {
     }
 }
 
+/// What the client listeners serve: `/healthz`, `/readyz` as
+/// `{"ready": bool}`, and a `/metrics` that says where the metrics are.
+pub fn public_routes(
+    state: Arc<OpsState>,
+    ops_listener: bool,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::json(&json!({"status": "ok"})));
+    let readyz = warp::path!("readyz").and(warp::get()).map(move || {
+        let (ready, _) = state.readiness();
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        warp::reply::with_status(warp::reply::json(&json!({"ready": ready})), status)
+    });
+    let metrics = warp::path!("metrics").and(warp::get()).map(move || {
+        let message = if ops_listener {
+            "metrics are served on the operations listener ([server] ops_listen), not on the client port"
+        } else {
+            "metrics are served on the operations listener only: set [server] ops_listen (for example [\"127.0.0.1:9187\"])"
+        };
+        super::client::error(404, "not_found", message)
+    });
+    healthz.or(readyz).or(metrics)
+}
+
+/// What the operations listener serves.
 pub fn routes(
     state: Arc<OpsState>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {

@@ -24,15 +24,15 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
-use super::accept::SseRequest;
-use super::client::{check_origin, error, gap_json, ClientContext, SubscriberGauge};
+use super::accept::{ClientIo, ClientStream};
+use super::admission::StreamTicket;
+use super::client::{check_origin, error, gap_json, sleep_until, ClientContext, SubscriberGauge};
 use crate::hub::{Feed, FeedEnd, FeedItem};
 use crate::model::EventId;
 
@@ -40,6 +40,19 @@ use crate::model::EventId;
 const KNOWN: &[&str] = &["table", "op", "filter", "access_token", "last_event_id"];
 /// How long a browser waits before reconnecting, in milliseconds.
 const RETRY_MS: u64 = 2000;
+
+/// What the SSE writer needs from a request head.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SseRequest {
+    pub tenant: String,
+    pub path: String,
+    pub query: String,
+    pub authorization: Option<String>,
+    pub last_event_id: Option<String>,
+    pub origin: Option<String>,
+    /// An HTTP/1.0 client: no chunked encoding, the body ends at close.
+    pub http10: bool,
+}
 
 /// Answers one SSE request that came through warp (a later request on a
 /// kept-alive connection; the first goes to `serve_socket`).
@@ -64,8 +77,8 @@ pub fn open(
     authorization: Option<String>,
     last_event_id: Option<String>,
 ) -> Result<SseStream, Response> {
-    let (feed, expiry) = start(&ctx, tenant, raw_query, authorization, last_event_id)?;
-    Ok(SseStream::new(ctx, tenant, feed, expiry))
+    let (feed, expiry, ticket) = start(&ctx, tenant, raw_query, authorization, last_event_id)?;
+    Ok(SseStream::new(ctx, tenant, feed, expiry, ticket))
 }
 
 /// The response headers of an event stream (both paths).
@@ -86,8 +99,8 @@ const WRITE_STALL_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 /// stream in chunked encoding, then the connection is closed. This holds no
 /// buffer between frames, unlike a hyper connection (8 KiB read + 8 KiB
 /// write for its lifetime).
-pub async fn serve_socket(
-    mut socket: TcpStream,
+pub async fn serve_socket<T: ClientStream>(
+    mut socket: ClientIo<T>,
     ctx: Arc<ClientContext>,
     cors_origins: &[String],
     request: SseRequest,
@@ -108,8 +121,6 @@ pub async fn serve_socket(
         Err(reply) => return write_reply(&mut socket, &request.path, origin, reply).await,
     };
     tracing::debug!(method = "GET", path = %request.path, status = 200, "http request");
-    // Frames are batched into chunks already; each goes out at once.
-    let _ = socket.set_nodelay(true);
     let mut head = response_head(StatusCode::OK, origin);
     for (name, value) in STREAM_HEADERS {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -120,7 +131,7 @@ pub async fn serve_socket(
     }
     head.push_str("connection: close\r\n\r\n");
     let mut head = Some(head);
-    let (mut reader, mut writer) = socket.split();
+    let (mut reader, mut writer) = tokio::io::split(socket);
     loop {
         let chunk = tokio::select! {
             chunk = stream.next_chunk() => chunk,
@@ -180,7 +191,7 @@ fn response_head(status: StatusCode, origin: Option<&str>) -> String {
 
 /// Completes when the client closes its side (or the connection fails);
 /// anything it sends meanwhile is read and ignored.
-async fn client_gone(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
+async fn client_gone(reader: &mut (impl AsyncRead + Unpin)) {
     let mut buf = [0u8; 128];
     loop {
         match reader.read(&mut buf).await {
@@ -193,7 +204,7 @@ async fn client_gone(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
 /// Writes every slice, or fails when the client has not taken them within
 /// `stall`.
 async fn write_all(
-    writer: &mut tokio::net::tcp::WriteHalf<'_>,
+    writer: &mut (impl AsyncWrite + Unpin),
     mut slices: &mut [IoSlice<'_>],
     stall: Duration,
 ) -> std::io::Result<()> {
@@ -218,7 +229,12 @@ async fn write_all(
 }
 
 /// Writes a refusal (JSON error reply) and closes the connection.
-async fn write_reply(socket: &mut TcpStream, path: &str, origin: Option<&str>, reply: Response) {
+async fn write_reply(
+    socket: &mut (impl AsyncWrite + Unpin),
+    path: &str,
+    origin: Option<&str>,
+    reply: Response,
+) {
     use http_body_util::BodyExt;
     let status = reply.status();
     tracing::debug!(method = "GET", %path, status = status.as_u16(), "http request");
@@ -237,15 +253,14 @@ async fn write_reply(socket: &mut TcpStream, path: &str, origin: Option<&str>, r
         "content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     ));
-    let (_, mut writer) = socket.split();
     let written = write_all(
-        &mut writer,
+        socket,
         &mut [IoSlice::new(head.as_bytes()), IoSlice::new(&body)],
         WRITE_STALL_AT_SHUTDOWN,
     )
     .await;
     if written.is_ok() {
-        let _ = writer.shutdown().await;
+        let _ = socket.shutdown().await;
     }
 }
 
@@ -255,7 +270,7 @@ fn start(
     raw_query: &str,
     authorization: Option<String>,
     last_event_id: Option<String>,
-) -> Result<(Feed, Option<Instant>), Response> {
+) -> Result<(Feed, Option<Instant>, StreamTicket), Response> {
     let (hub, query, principal) = ctx.open(tenant, raw_query, authorization.as_deref())?;
     if let Some(unknown) = query.unknown(KNOWN) {
         return Err(error(
@@ -279,7 +294,8 @@ fn start(
             .saturating_sub(now);
         Instant::now() + Duration::from_secs(left)
     });
-    Ok((Feed::new(hub, subscription, since), expiry))
+    let ticket = ctx.stream_ticket(&hub)?;
+    Ok((Feed::new(hub, subscription, since), expiry, ticket))
 }
 
 /// One client's event stream: frames waiting to go out, and what makes
@@ -295,6 +311,8 @@ pub struct SseStream {
     out: BytesMut,
     done: bool,
     _gauge: SubscriberGauge,
+    /// The stream's place under `[server] max_streams_per_tenant`.
+    _ticket: StreamTicket,
 }
 
 impl SseStream {
@@ -303,6 +321,7 @@ impl SseStream {
         tenant: &str,
         feed: Feed,
         expiry: Option<Instant>,
+        ticket: StreamTicket,
     ) -> SseStream {
         let mut heartbeat = tokio::time::interval_at(Instant::now() + ctx.heartbeat, ctx.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -329,6 +348,7 @@ impl SseStream {
             out,
             done: false,
             _gauge: SubscriberGauge::new(tenant, "sse"),
+            _ticket: ticket,
         }
     }
 
@@ -412,7 +432,8 @@ impl SseStream {
                 self.done = true;
                 match end {
                     FeedEnd::Lagged => {
-                        let body = gap_json(None, self.client_id, None, "lagged");
+                        let resume = self.client_id.or(self.feed.cursor());
+                        let body = gap_json(None, resume, None, "lagged");
                         self.out
                             .extend_from_slice(format!("event: gap\ndata: {body}\n\n").as_bytes());
                     }
@@ -449,13 +470,5 @@ impl<S: futures_util::Stream + Unpin> futures_util::Stream for SyncStream<S> {
     ) -> std::task::Poll<Option<Self::Item>> {
         let inner = self.0.get_mut().unwrap_or_else(|p| p.into_inner());
         std::pin::Pin::new(inner).poll_next(cx)
-    }
-}
-
-/// Sleeps until `deadline`, or forever without one.
-pub async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }

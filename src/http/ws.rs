@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -34,8 +35,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use warp::reply::Response;
 
-use super::client::{gap_json, ClientContext, SubscriberGauge};
-use super::sse::sleep_until;
+use super::admission::Ticket;
+use super::client::{gap_json, sleep_until, ClientContext, SubscriberGauge};
 use crate::auth::Principal;
 use crate::hub::{Feed, FeedEnd, FeedItem, SubscriptionRequest, TenantHub};
 use crate::model::EventId;
@@ -60,6 +61,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 const CLOSE_WAIT_LAGGED: Duration = Duration::from_secs(15);
 
 enum Out {
+    /// A change: the subscription's message prefix and the event's JSON,
+    /// joined only when written, so that what waits holds no copy.
+    Change(Arc<str>, Bytes),
     Text(String),
     Close(u16, String),
 }
@@ -96,6 +100,7 @@ pub fn upgrade(
     cors_origins: &[String],
     tenant: &str,
     mut req: hyper::Request<Incoming>,
+    ticket: Arc<Ticket>,
 ) -> Response {
     use super::client::error;
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
@@ -127,8 +132,15 @@ pub fn upgrade(
         Ok(opened) => opened,
         Err(reply) => return reply,
     };
+    // Over the tenant's stream cap the upgrade still happens, so that the
+    // client can read why in the close frame.
+    let stream = ctx
+        .stream_ticket(&hub)
+        .map_err(|_| format!("too many streams for tenant {}; retry shortly", hub.tenant));
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
+        // The connection's place (and the tenant's) is held until it closes.
+        let _ticket = ticket;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {
@@ -144,7 +156,10 @@ pub fn upgrade(
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        session(socket, ctx, hub, principal).await;
+        match stream {
+            Ok(_stream) => session(socket, ctx, hub, principal).await,
+            Err(reason) => refuse(socket, reason).await,
+        }
     });
     let mut response = Response::new(Default::default());
     *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
@@ -156,6 +171,15 @@ pub fn upgrade(
         headers.insert("sec-websocket-accept", accept);
     }
     response
+}
+
+/// Closes an upgraded connection at once with 1013 (try again later).
+async fn refuse(mut socket: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, reason: String) {
+    let frame = CloseFrame {
+        code: CloseCode::from(CLOSE_TRY_AGAIN),
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, socket.close(Some(frame))).await;
 }
 
 /// Runs one upgraded connection until it closes.
@@ -179,7 +203,7 @@ pub async fn session(
             reason: reason.into(),
         }))
     };
-    loop {
+    'session: loop {
         let expiry = expiry(&ctx, &principal);
         let outgoing = tokio::select! {
             biased;
@@ -237,9 +261,18 @@ pub async fn session(
                 let mut batched = 0;
                 while let Some(out) = next.take() {
                     match out {
+                        Out::Change(prefix, json) => {
+                            let mut text = String::with_capacity(prefix.len() + json.len() + 1);
+                            text.push_str(&prefix);
+                            text.push_str(&String::from_utf8_lossy(&json));
+                            text.push('}');
+                            if sink.feed(Message::text(text)).await.is_err() {
+                                break 'session;
+                            }
+                        }
                         Out::Text(text) => {
                             if sink.feed(Message::text(text)).await.is_err() {
-                                break;
+                                break 'session;
                             }
                         }
                         Out::Close(code, reason) => {
@@ -267,7 +300,9 @@ pub async fn session(
                 }
                 _ => CLOSE_WAIT,
             };
-            let _ = sink.send(close).await;
+            if tokio::time::timeout(wait, sink.send(close)).await.is_err() {
+                break;
+            }
             // Let the client read what was sent and answer the close: a
             // socket closed with unread input would be reset, and the
             // client would lose the last messages.
@@ -283,7 +318,9 @@ pub async fn session(
         }
     }
     drop(subs);
-    let _ = sink.close().await;
+    // A client that stopped reading does not get to hold the connection
+    // for the close handshake.
+    let _ = tokio::time::timeout(CLOSE_WAIT, sink.close()).await;
 }
 
 /// How long a connection may stay silent (no message, no pong) before it
@@ -501,10 +538,11 @@ async fn run_subscription(
     out: mpsc::Sender<Out>,
     cancel: CancellationToken,
 ) {
-    let prefix = format!(
+    let prefix: Arc<str> = format!(
         "{{\"type\":\"change\",\"sub\":{},\"event\":",
         Value::String(sub.clone())
-    );
+    )
+    .into();
     let mut last_sent: Option<EventId> = None;
     loop {
         let item = tokio::select! {
@@ -514,12 +552,8 @@ async fn run_subscription(
         };
         let message = match item {
             FeedItem::Change { id, json } => {
-                let mut text = String::with_capacity(prefix.len() + json.len() + 1);
-                text.push_str(&prefix);
-                text.push_str(&String::from_utf8_lossy(&json));
-                text.push('}');
                 last_sent = Some(id);
-                Out::Text(text)
+                Out::Change(Arc::clone(&prefix), json)
             }
             FeedItem::Gap {
                 after,

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod client;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -116,16 +118,50 @@ pub struct Walcast {
 
 impl Walcast {
     pub fn spawn(config: &Path, args: &[&str]) -> Walcast {
-        let mut child = Command::new(walcast_bin())
+        Walcast::spawn_limited(config, args, None)
+    }
+
+    /// `spawn`, with the open-file limit (soft and hard) set to `files`.
+    pub fn spawn_limited(config: &Path, args: &[&str], files: Option<u64>) -> Walcast {
+        Walcast::spawn_with(config, args, files, &[])
+    }
+
+    /// `spawn`, with an open-file limit and more environment variables.
+    pub fn spawn_with(
+        config: &Path,
+        args: &[&str],
+        files: Option<u64>,
+        env: &[(&str, &str)],
+    ) -> Walcast {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(walcast_bin());
+        command
             .arg("--config")
             .arg(config)
             .args(args)
             .env("WALCAST_LOG", "info,walcast=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn walcast");
+            .stderr(Stdio::piped());
+        if let Some(files) = files {
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child
+            // between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: files,
+                        rlim_max: files,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = command.spawn().expect("spawn walcast");
         let lines = lines_of(child.stdout.take().unwrap());
         let stderr = text_of(child.stderr.take().unwrap());
         Walcast {
