@@ -32,6 +32,8 @@ pub enum AppError {
     Listen(#[from] crate::http::ListenError),
     #[error("could not listen for signals")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    ServerTls(#[from] crate::http::tls::ServerTlsError),
     #[error("could not set up the metrics recorder: {0}")]
     Metrics(String),
     #[error(
@@ -80,9 +82,17 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
         .map_err(AppError::Signals)?;
     let tracker = TaskTracker::new();
     // The HTTP listeners first: a taken port is a start-up error.
+    let mut server_tls = None;
     let http = match &config.server {
         Some(server) => {
-            let listeners = crate::http::bind(server).await?;
+            if let Some(files) = &server.tls {
+                server_tls = Some(crate::http::tls::ServerTls::load(
+                    &files.cert_file,
+                    &files.key_file,
+                )?);
+            }
+            let mut listeners = crate::http::bind(server).await?;
+            listeners.tls = server_tls.clone();
             let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
                 .install_recorder()
                 .map_err(|e| AppError::Metrics(e.to_string()))?;
@@ -191,8 +201,17 @@ pub async fn run(config: Config, root: CancellationToken) -> Result<(), AppError
         tokio::select! {
             // SIGINT/SIGTERM (or a fatal tenant error): stop everything.
             _ = root.cancelled() => break,
-            // SIGHUP: apply the configuration file's changes.
-            _ = hangup.recv() => tenants.reload().await,
+            // SIGHUP: apply the configuration file's changes, and read the
+            // listeners' certificate again.
+            _ = hangup.recv() => {
+                if let Some(tls) = &server_tls {
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("reload: read the listeners' TLS certificate again"),
+                        Err(err) => tracing::error!(error = %crate::report::error_chain(&err), "reload: the TLS certificate or key does not load; the running one stays"),
+                    }
+                }
+                tenants.reload().await
+            }
         }
     }
     tracker.close();

@@ -81,6 +81,8 @@ pub struct ServerConfig {
     pub max_filters: usize,
     /// Values in one `in.(…)` filter at most.
     pub max_in_values: usize,
+    /// TLS on the listeners: the certificate chain and key files (PEM).
+    pub tls: Option<ServerTlsFiles>,
     /// `/readyz` reports ready during this long after start even while
     /// tenants are still connecting.
     pub ready_grace: Duration,
@@ -105,6 +107,14 @@ pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 4096;
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
 /// Default of `[server] max_subscriptions`.
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 32;
+
+/// `[server] tls_cert_file` and `tls_key_file`, resolved against the
+/// config file's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
 
 /// Default of `[server] head_timeout_secs`.
 pub const DEFAULT_HEAD_TIMEOUT_SECS: u64 = 10;
@@ -187,6 +197,10 @@ pub(crate) struct RawServer {
     pub max_filters: Option<Spanned<u64>>,
     #[serde(default)]
     pub max_in_values: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub tls_cert_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tls_key_file: Option<Spanned<String>>,
     #[serde(default)]
     pub ready_grace_secs: Option<Spanned<u64>>,
     #[serde(default)]

@@ -502,9 +502,33 @@ pub(super) fn validate(
                 Some(v) => Some(*v.get_ref() as usize),
                 None => None,
             };
+            let tls = match (&server.tls_cert_file, &server.tls_key_file) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => {
+                    let file = |value: &Spanned<String>, key: &str| {
+                        let path = path.parent().unwrap_or(Path::new("")).join(value.get_ref());
+                        std::fs::File::open(&path).map(|_| path.clone()).map_err(|err| {
+                            at(
+                                value.span(),
+                                format!("could not read {key} {}: {err}; check the path (relative paths start at the config file's directory) and that the walcast user may read it", path.display()),
+                            )
+                        })
+                    };
+                    Some(super::ServerTlsFiles {
+                        cert_file: file(cert, "tls_cert_file")?,
+                        key_file: file(key, "tls_key_file")?,
+                    })
+                }
+                (Some(one), None) | (None, Some(one)) => return Err(at(
+                    one.span(),
+                    "tls_cert_file and tls_key_file go together; give both (PEM files) or neither"
+                        .into(),
+                )),
+            };
             Some(super::ServerConfig {
                 listen,
                 ops_listen,
+                tls,
                 max_connections,
                 max_connections_per_ip: optional(
                     &server.max_connections_per_ip,

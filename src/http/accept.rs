@@ -32,13 +32,14 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::reply::Response;
 
 use super::admission::{Admission, RateLimitedLog, Refusal, Ticket};
 use super::sse::SseRequest;
+use super::tls::ServerTls;
 use super::{sse, ws, ClientContext};
 
 /// The client API's context and the allowed CORS origins.
@@ -90,6 +91,8 @@ pub struct Listener<S> {
     pub admission: Arc<Admission>,
     pub head_timeout: Duration,
     pub write_timeout: Duration,
+    /// TLS on this listener (`[server] tls_cert_file`).
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 /// Accepts connections until `cancel` fires, then lets open requests
@@ -124,9 +127,23 @@ pub async fn accept_loop<S: Routes>(
         // Frames are batched into writes already; each goes out at once.
         let _ = stream.set_nodelay(true);
         match serve.admission.admit(peer.ip()) {
-            Ok(ticket) => {
-                connections.spawn(connection(stream, ticket, serve.clone(), cancel.clone()));
-            }
+            Ok(ticket) => match serve.tls.clone() {
+                None => {
+                    connections.spawn(connection(stream, ticket, serve.clone(), cancel.clone()));
+                }
+                Some(tls) => {
+                    connections.spawn(tls_connection(
+                        stream,
+                        tls,
+                        ticket,
+                        serve.clone(),
+                        cancel.clone(),
+                    ));
+                }
+            },
+            // A TLS client cannot read a plain-text 503: it is closed, and
+            // the refusal is counted and logged all the same.
+            Err(_) if serve.tls.is_some() => drop(stream),
             Err(refusal) => match serve.admission.refusal_slot() {
                 Some(slot) => {
                     connections.spawn(async move {
@@ -170,6 +187,30 @@ async fn refuse<S: ClientStream>(mut stream: S, refusal: Refusal) {
         Ok::<_, io::Error>(())
     })
     .await;
+}
+
+/// Serves one connection over TLS: the handshake is part of the head, and
+/// must end within the head timeout.
+async fn tls_connection<S: Routes>(
+    stream: TcpStream,
+    tls: Arc<ServerTls>,
+    ticket: Ticket,
+    serve: Listener<S>,
+    cancel: CancellationToken,
+) {
+    let handshake = tokio::select! {
+        _ = cancel.cancelled() => return,
+        handshake = tokio::time::timeout(serve.head_timeout, tls.acceptor().accept(stream)) => handshake,
+    };
+    match handshake {
+        Ok(Ok(stream)) => connection(stream, ticket, serve, cancel).await,
+        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed; connection closed"),
+        Err(_elapsed) => {
+            metrics::counter!(crate::metrics::HTTP_TIMEOUTS, crate::metrics::KIND => "head")
+                .increment(1);
+            tracing::debug!("TLS handshake did not end within the head timeout; connection closed");
+        }
+    }
 }
 
 /// Serves one connection.
@@ -240,6 +281,13 @@ async fn connection<S: Routes, T: ClientStream>(
     };
     if let Err(error) = result {
         // A client that went away mid-response, or a head timeout: normal.
+        if error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            metrics::counter!(crate::metrics::HTTP_TIMEOUTS, crate::metrics::KIND => "head")
+                .increment(1);
+        }
         tracing::debug!(%error, "http connection ended");
     }
 }

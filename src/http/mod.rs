@@ -12,6 +12,7 @@
 //! - `sse`: `GET /v1/{tenant}/events`;
 //! - `ws`: `GET /v1/{tenant}/ws`;
 //! - `state`: `GET /v1/{tenant}/state/{schema.table}`;
+//! - `tls`: the listeners' certificate, re-read on SIGHUP;
 //! - the inspector page at `/` (`inspector.html`, embedded in the binary).
 
 pub mod accept;
@@ -20,6 +21,7 @@ pub mod client;
 pub mod ops;
 pub mod sse;
 pub mod state;
+pub mod tls;
 pub mod ws;
 
 pub use client::ClientContext;
@@ -52,6 +54,8 @@ pub struct ListenError {
 pub struct Listeners {
     pub client: Vec<TcpListener>,
     pub ops: Vec<TcpListener>,
+    /// TLS on both (`[server] tls_cert_file`); `bind` leaves it unset.
+    pub tls: Option<Arc<tls::ServerTls>>,
 }
 
 /// Binds every configured address first, so a taken port is an error at
@@ -73,6 +77,7 @@ pub async fn bind(server: &ServerConfig) -> Result<Listeners, ListenError> {
     Ok(Listeners {
         client: all(&server.listen).await?,
         ops: all(&server.ops_listen).await?,
+        tls: None,
     })
 }
 
@@ -236,6 +241,7 @@ pub fn serve(
         admission,
         head_timeout: server.head_timeout,
         write_timeout: server.write_timeout,
+        tls: listeners.tls.clone(),
     };
     let ops = accept::Listener {
         service: ops_service,
@@ -243,10 +249,11 @@ pub fn serve(
         admission: admission::Admission::new("ops", MAX_OPS_CONNECTIONS, None),
         head_timeout: server.head_timeout,
         write_timeout: server.write_timeout,
+        tls: listeners.tls.clone(),
     };
     for listener in listeners.client {
         if let Ok(addr) = listener.local_addr() {
-            tracing::info!(%addr, max_connections = client.admission.max_connections(), "http listening (/v1 client API, /healthz, /readyz)");
+            tracing::info!(%addr, max_connections = client.admission.max_connections(), tls = client.tls.is_some(), "http listening (/v1 client API, /healthz, /readyz)");
         }
         tracker.spawn(accept::accept_loop(
             listener,
