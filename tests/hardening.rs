@@ -511,3 +511,109 @@ fn unauthenticated_requests_learn_nothing() {
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["tenants"]["acme"]["state"], "streaming");
 }
+
+#[test]
+fn state_reads_are_paged_and_cannot_block_redis() {
+    let stack = Stack::start("hardening-state", "", None);
+    // The issue's 15,000 mirrored rows.
+    stack.db.sql(
+        "insert into tasks (id, status, progress) \
+         select g, 'running', g / 15000.0 from generate_series(1, 15000) g;",
+    );
+    let mut redis = redis_conn(&stack._redis);
+    wait_until("the 15,000 rows in the mirror", || {
+        redis::cmd("HLEN")
+            .arg("walcast:{acme}:rowindex:public.tasks")
+            .query::<usize>(&mut redis)
+            .unwrap_or(0)
+            == 15_000
+    });
+    // From here, any Redis call that takes 50 ms or more is logged.
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(50_000)
+        .query::<()>(&mut redis)
+        .unwrap();
+    redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query::<()>(&mut redis)
+        .unwrap();
+    let _writer = Writer::start(&stack.db);
+    let watcher = Watcher::start(&stack);
+    let started = Instant::now();
+    // Twelve clients read the whole table at once, page by page.
+    let readers: Vec<_> = (0..12)
+        .map(|_| {
+            let base = stack.base();
+            std::thread::spawn(move || {
+                let mut ids = std::collections::HashSet::new();
+                let (mut pages, mut busy) = (0, 0);
+                let mut cursor: Option<String> = None;
+                loop {
+                    let url = match &cursor {
+                        Some(c) => format!("{base}/v1/acme/state/public.tasks?cursor={c}"),
+                        None => format!("{base}/v1/acme/state/public.tasks"),
+                    };
+                    let (code, body) = get(&url, Some(&operator()));
+                    if code == 503 && body.contains("state_busy") {
+                        busy += 1;
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                    assert_eq!(code, 200, "{body}");
+                    let page: Value = serde_json::from_str(&body).unwrap();
+                    let rows = page["rows"].as_array().unwrap();
+                    // The default limit of 1,000, plus what Redis's scan
+                    // of whole buckets adds.
+                    assert!(rows.len() <= 1050, "the default limit: {}", rows.len());
+                    assert_eq!(
+                        page["event_ids"].as_array().unwrap().len(),
+                        rows.len(),
+                        "one event id per row"
+                    );
+                    ids.extend(rows.iter().map(|r| r["id"].as_i64().unwrap()));
+                    pages += 1;
+                    match page["cursor"].as_str() {
+                        Some(c) => cursor = Some(c.to_owned()),
+                        None => break,
+                    }
+                }
+                (ids.len(), pages, busy)
+            })
+        })
+        .collect();
+    for reader in readers {
+        let (rows, pages, busy) = reader.join().unwrap();
+        assert_eq!(rows, 15_000, "every row, in {pages} pages ({busy} busy)");
+        assert!(pages >= 15, "pages of at most 1,000 rows: {pages}");
+    }
+    let slow: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(100)
+        .query(&mut redis)
+        .unwrap();
+    assert!(slow.is_empty(), "Redis calls of 50 ms or more: {slow:?}");
+    assert!(
+        watcher.max_gap(started) < Duration::from_secs(1),
+        "gap {:?} while /state was read",
+        watcher.max_gap(started)
+    );
+    // A bad limit or cursor says what is wrong.
+    let (code, body) = get(
+        &format!("{}/v1/acme/state/public.tasks?limit=20000", stack.base()),
+        Some(&operator()),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("bad_limit") && body.contains("10000"),
+        "{body}"
+    );
+    let (code, body) = get(
+        &format!("{}/v1/acme/state/public.tasks?cursor=x", stack.base()),
+        Some(&operator()),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("bad_cursor"), "{body}");
+    stack.still_running();
+}

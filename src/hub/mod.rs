@@ -47,6 +47,8 @@ pub struct TenantHub {
     pub history: History,
     /// Mirror rules by table (empty without Redis): what `/state` can read.
     pub mirror: Vec<MirrorRule>,
+    /// Turns for `/state` reads (`state::READS_PER_TENANT`).
+    pub state_reads: tokio::sync::Semaphore,
     schema: RwLock<Option<Arc<Schema>>>,
 }
 
@@ -73,6 +75,7 @@ impl TenantHub {
             fanout: Fanout::new(tenant.id.as_arc(), limits, budget),
             history,
             mirror,
+            state_reads: tokio::sync::Semaphore::new(state::READS_PER_TENANT),
             schema: RwLock::new(None),
         })
     }
