@@ -95,7 +95,25 @@ pub struct PgConnInfo {
     pub password: Option<String>,
     pub dbname: String,
     pub ssl_mode: SslMode,
+    /// How long connecting may take, TCP connect to authenticated session
+    /// (`connect_timeout` in the URL, seconds; default 10).
+    pub connect_timeout: Duration,
 }
+
+/// Default for `connect_timeout` in a tenant's URL.
+pub const DEFAULT_PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Catalog look-ups, checks and setup statements on the regular connection
+/// are cancelled by the server after this long (the snapshot copy and slot
+/// creation lift it for their own statements).
+pub const CATALOG_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Keepalives on both connections: first probe after this much silence...
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// ...then one every 10 s, and three unanswered end the connection.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
+/// Data sent (a status update, a query) unacknowledged this long ends the
+/// connection (Linux `TCP_USER_TIMEOUT`).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl fmt::Debug for PgConnInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -136,8 +154,16 @@ impl PgConnInfo {
             .user(&self.user)
             .dbname(&self.dbname)
             .application_name(application_name)
-            .options(SESSION_OPTIONS)
-            .connect_timeout(Duration::from_secs(10))
+            .options(format!(
+                "{SESSION_OPTIONS} -c statement_timeout={}",
+                CATALOG_STATEMENT_TIMEOUT.as_millis()
+            ))
+            .connect_timeout(self.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(TCP_KEEPALIVE_IDLE)
+            .keepalives_interval(TCP_KEEPALIVE_INTERVAL)
+            .keepalives_retries(TCP_KEEPALIVE_RETRIES)
+            .tcp_user_timeout(TCP_USER_TIMEOUT)
             .ssl_mode(match self.ssl_mode {
                 SslMode::Disable => tokio_postgres::config::SslMode::Disable,
                 SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -178,6 +204,12 @@ impl PgConnInfo {
         .with_tls(tls)
         .with_options(SESSION_OPTIONS)
         .with_application_name(application_name)
+        .with_tcp(pgwire_replication::TcpOptions {
+            keepalive_idle: Some(TCP_KEEPALIVE_IDLE),
+            keepalive_interval: Some(TCP_KEEPALIVE_INTERVAL),
+            keepalive_retries: Some(TCP_KEEPALIVE_RETRIES),
+            user_timeout: Some(TCP_USER_TIMEOUT),
+        })
     }
 }
 
@@ -842,6 +874,10 @@ fn parse_url(url: &str) -> Result<PgConnInfo, String> {
             "sslmode=require is not supported yet (TLS on the setup connection is still to be built); use sslmode=disable or sslmode=prefer".into(),
         ),
     };
+    let connect_timeout = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(DEFAULT_PG_CONNECT_TIMEOUT);
     Ok(PgConnInfo {
         host,
         port,
@@ -849,6 +885,7 @@ fn parse_url(url: &str) -> Result<PgConnInfo, String> {
         password,
         dbname,
         ssl_mode,
+        connect_timeout,
     })
 }
 

@@ -31,6 +31,13 @@ pub enum SourceError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("tenant {tenant}: no answer from {target} within {} s while {what} (check that host and port are the Postgres server's and that no firewall drops the traffic; on a slow network raise connect_timeout in the url, like ?connect_timeout=30)", after.as_secs())]
+    Timeout {
+        tenant: TenantId,
+        target: String,
+        what: &'static str,
+        after: std::time::Duration,
+    },
     #[error("tenant {tenant}: {what} failed")]
     Query {
         tenant: TenantId,
@@ -69,6 +76,7 @@ impl SourceError {
                 }
             }
             SourceError::Setup { .. } => false,
+            SourceError::Timeout { .. } => true,
             SourceError::Replication { source, .. } => match source {
                 pgwire_replication::PgWireError::Auth(_)
                 | pgwire_replication::PgWireError::Tls(_) => false,

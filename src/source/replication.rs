@@ -60,8 +60,20 @@ impl PendingSession {
             .with_start_lsn(start.into())
             .with_binary(tenant.binary)
             .with_status_interval(STATUS_INTERVAL);
-        let client = ReplicationClient::connect_gated(config)
+        let mut client = ReplicationClient::connect_gated(config)
             .await
+            .map_err(|source| replication_error(tenant, "connect", source))?;
+        // The session connects and authenticates on its own task; its first
+        // answer proves it did, within the connect timeout.
+        let timeout = tenant.pg.connect_timeout;
+        tokio::time::timeout(timeout, client.identify_system())
+            .await
+            .map_err(|_| SourceError::Timeout {
+                tenant: tenant.id.clone(),
+                target: tenant.pg.to_string(),
+                what: "connecting the replication session",
+                after: timeout,
+            })?
             .map_err(|source| replication_error(tenant, "connect", source))?;
         Ok(PendingSession {
             client,

@@ -8,11 +8,16 @@ use crate::model::TableName;
 
 /// Opens the tenant's regular connection (its driver runs on its own task).
 pub async fn connect(tenant: &TenantConfig, application_name: &str) -> Result<Client, SourceError> {
-    let (client, connection) = tenant
-        .pg
-        .tokio_config(application_name)
-        .connect(NoTls)
+    let config = tenant.pg.tokio_config(application_name);
+    let connecting = config.connect(NoTls);
+    let (client, connection) = tokio::time::timeout(tenant.pg.connect_timeout, connecting)
         .await
+        .map_err(|_| SourceError::Timeout {
+            tenant: tenant.id.clone(),
+            target: tenant.pg.to_string(),
+            what: "connecting",
+            after: tenant.pg.connect_timeout,
+        })?
         .map_err(|source| SourceError::Connect {
             tenant: tenant.id.clone(),
             target: tenant.pg.to_string(),
@@ -192,8 +197,19 @@ pub async fn ensure_slot(client: &Client, tenant: &TenantConfig) -> Result<bool,
     if slot_exists(client, tenant).await? {
         return Ok(false);
     }
+    // Creating a slot waits for the transactions running at that moment to
+    // end, however long they take: no statement timeout for it.
     let sql = "select pg_create_logical_replication_slot($1, 'pgoutput')";
-    match client.execute(sql, &[&tenant.slot]).await {
+    client
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .map_err(query_err(tenant, "lifting the statement timeout"))?;
+    let created = client.execute(sql, &[&tenant.slot]).await;
+    client
+        .batch_execute("RESET statement_timeout")
+        .await
+        .map_err(query_err(tenant, "restoring the statement timeout"))?;
+    match created {
         Ok(_) => {
             tracing::info!(tenant = %tenant.id, slot = %tenant.slot, "created replication slot");
             Ok(true)

@@ -48,7 +48,7 @@ pub async fn copy(
     let any = TableName::new("", "");
     client
         .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'; SET LOCAL statement_timeout = 0",
             snapshot.name.replace('\'', "''")
         ))
         .await
