@@ -78,11 +78,65 @@ pub enum PgHost {
     Unix(PathBuf),
 }
 
-/// TLS use on the connection (`sslmode` in the URL).
+/// TLS on the tenant's connections: libpq's `sslmode`, with libpq's meaning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
+    /// No TLS.
     Disable,
+    /// Plain first; TLS if the server refuses a plain connection.
+    Allow,
+    /// TLS if the server offers it, else plain; the certificate is not checked.
     Prefer,
+    /// TLS or nothing; the certificate is not checked (unless `sslrootcert`
+    /// names a file: then as `VerifyCa`, like libpq).
+    Require,
+    /// TLS with a certificate signed by a trusted CA.
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate names the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Which CAs a verified connection trusts (`sslrootcert`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootCerts {
+    /// The operating system's CA bundle (`sslrootcert` left out, or `system`).
+    System,
+    /// The certificates in this PEM file.
+    File(PathBuf),
+}
+
+/// The TLS parameters of a tenant's URL. Files are read at every connect,
+/// so renewed certificates need no restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgTls {
+    pub mode: SslMode,
+    pub root_certs: RootCerts,
+    /// `sslcert` and `sslkey`: a client certificate (chain) and its key, PEM.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl PgTls {
+    /// Whether the server's certificate is checked against the CAs.
+    pub fn verifies_chain(&self) -> bool {
+        match self.mode {
+            SslMode::VerifyCa | SslMode::VerifyFull => true,
+            SslMode::Require => matches!(self.root_certs, RootCerts::File(_)),
+            _ => false,
+        }
+    }
 }
 
 /// A tenant's Postgres connection parameters. `Debug` and `Display` never show
@@ -94,7 +148,7 @@ pub struct PgConnInfo {
     pub user: String,
     pub password: Option<String>,
     pub dbname: String,
-    pub ssl_mode: SslMode,
+    pub tls: PgTls,
     /// How long connecting may take, TCP connect to authenticated session
     /// (`connect_timeout` in the URL, seconds; default 10).
     pub connect_timeout: Duration,
@@ -142,7 +196,8 @@ impl fmt::Display for PgConnInfo {
 }
 
 impl PgConnInfo {
-    /// Parameters for a regular (setup, catalog) connection.
+    /// Parameters for a regular (setup, catalog) connection, TLS aside
+    /// (`source::tls` adds it).
     pub fn tokio_config(&self, application_name: &str) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         match &self.host {
@@ -163,18 +218,15 @@ impl PgConnInfo {
             .keepalives_idle(TCP_KEEPALIVE_IDLE)
             .keepalives_interval(TCP_KEEPALIVE_INTERVAL)
             .keepalives_retries(TCP_KEEPALIVE_RETRIES)
-            .tcp_user_timeout(TCP_USER_TIMEOUT)
-            .ssl_mode(match self.ssl_mode {
-                SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-                SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-            });
+            .tcp_user_timeout(TCP_USER_TIMEOUT);
         if let Some(password) = &self.password {
             config.password(password);
         }
         config
     }
 
-    /// Parameters for the replication connection.
+    /// Parameters for the replication connection, TLS aside (`source::tls`
+    /// adds it).
     pub fn replication_config(
         &self,
         slot: &str,
@@ -185,13 +237,6 @@ impl PgConnInfo {
             PgHost::Tcp(host) => host.clone(),
             PgHost::Unix(dir) => dir.display().to_string(),
         };
-        let tls = match self.ssl_mode {
-            SslMode::Disable => pgwire_replication::TlsConfig::disabled(),
-            SslMode::Prefer => pgwire_replication::TlsConfig {
-                mode: pgwire_replication::SslMode::Prefer,
-                ..Default::default()
-            },
-        };
         pgwire_replication::ReplicationConfig::new(
             host,
             &self.user,
@@ -201,7 +246,6 @@ impl PgConnInfo {
             publication,
         )
         .with_port(self.port)
-        .with_tls(tls)
         .with_options(SESSION_OPTIONS)
         .with_application_name(application_name)
         .with_tcp(pgwire_replication::TcpOptions {
@@ -311,7 +355,8 @@ pub(super) fn validate(
         let publication = name_or_default(&raw.publication, &default_name, "publication")
             .map_err(|(s, m)| at(s, m))?;
         let url = interpolate(raw.url.get_ref(), env).map_err(|m| at(raw.url.span(), m))?;
-        let pg = parse_url(&url).map_err(|m| at(raw.url.span(), m))?;
+        let pg = parse_url(&url, path.parent().unwrap_or(Path::new("")))
+            .map_err(|m| at(raw.url.span(), m))?;
         if raw.tables.get_ref().is_empty() {
             return Err(at(
                 raw.tables.span(),
@@ -833,12 +878,96 @@ pub(super) fn interpolate(
     Ok(out)
 }
 
-fn parse_url(url: &str) -> Result<PgConnInfo, String> {
+/// libpq's TLS parameters, which walcast reads itself; the rest of the URL
+/// goes to tokio-postgres.
+const TLS_PARAMS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslnegotiation"];
+
+/// Splits the URL's query into walcast's TLS parameters (decoded) and the
+/// URL with the others.
+fn split_tls_params(url: &str) -> Result<(String, BTreeMap<&'static str, String>), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), BTreeMap::new()));
+    };
+    let mut rest = Vec::new();
+    let mut tls = BTreeMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match TLS_PARAMS.iter().find(|k| **k == key) {
+            Some(known) => {
+                let value = percent_encoding::percent_decode_str(value)
+                    .decode_utf8()
+                    .map_err(|_| format!("{key} in url is not valid UTF-8 once decoded"))?;
+                tls.insert(*known, value.into_owned());
+            }
+            None => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, tls))
+}
+
+fn parse_tls(
+    mut params: BTreeMap<&'static str, String>,
+    host: &PgHost,
+    base_dir: &Path,
+) -> Result<PgTls, String> {
+    let mode = match params.remove("sslmode").as_deref() {
+        None | Some("prefer") => SslMode::Prefer,
+        Some("disable") => SslMode::Disable,
+        Some("allow") => SslMode::Allow,
+        Some("require") => SslMode::Require,
+        Some("verify-ca") => SslMode::VerifyCa,
+        Some("verify-full") => SslMode::VerifyFull,
+        Some(other) => return Err(format!(
+            "sslmode={other} is not known; use disable, allow, prefer, require, verify-ca or verify-full"
+        )),
+    };
+    match params.remove("sslnegotiation").as_deref() {
+        None | Some("postgres") => {}
+        Some("direct") => return Err(
+            "sslnegotiation=direct (PostgreSQL 17's TLS without the SSLRequest round trip) is not supported yet; leave it out or write sslnegotiation=postgres".into(),
+        ),
+        Some(other) => return Err(format!(
+            "sslnegotiation={other} is not known; leave it out (postgres)"
+        )),
+    }
+    let file = |key: &str, value: &str| -> Result<PathBuf, String> {
+        let path = base_dir.join(value);
+        std::fs::File::open(&path).map(|_| path.clone()).map_err(|err| {
+            format!("could not read {key}={} in url: {err}; check the path (relative paths start at the config file's directory) and that the walcast user may read it", path.display())
+        })
+    };
+    let root_certs = match params.remove("sslrootcert").as_deref() {
+        None | Some("system") => RootCerts::System,
+        Some(path) => RootCerts::File(file("sslrootcert", path)?),
+    };
+    let client_cert = match (params.remove("sslcert"), params.remove("sslkey")) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((file("sslcert", &cert)?, file("sslkey", &key)?)),
+        _ => return Err(
+            "sslcert and sslkey go together in url: give both (the client certificate and its key, PEM) or neither".into(),
+        ),
+    };
+    let tls = PgTls {
+        // libpq uses no TLS on a unix socket whatever sslmode says.
+        mode: if matches!(host, PgHost::Unix(_)) { SslMode::Disable } else { mode },
+        root_certs,
+        client_cert,
+    };
+    Ok(tls)
+}
+
+fn parse_url(url: &str, base_dir: &Path) -> Result<PgConnInfo, String> {
     const EXAMPLE: &str = "write postgres://user:password@host:5432/dbname (a unix socket directory works as host: postgres://user@%2Fvar%2Frun%2Fpostgresql/dbname)";
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(format!("url must start with postgres://; {EXAMPLE}"));
     }
-    let config = tokio_postgres::Config::from_str(url)
+    let (url, tls_params) = split_tls_params(url)?;
+    let config = tokio_postgres::Config::from_str(&url)
         .map_err(|e| format!("url is not a valid Postgres URL ({e}); {EXAMPLE}"))?;
     let host = match config.get_hosts() {
         [tokio_postgres::config::Host::Tcp(h)] => PgHost::Tcp(h.clone()),
@@ -867,13 +996,7 @@ fn parse_url(url: &str) -> Result<PgConnInfo, String> {
         None => None,
     };
     let dbname = config.get_dbname().unwrap_or(&user).to_owned();
-    let ssl_mode = match config.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable => SslMode::Disable,
-        tokio_postgres::config::SslMode::Prefer => SslMode::Prefer,
-        _ => return Err(
-            "sslmode=require is not supported yet (TLS on the setup connection is still to be built); use sslmode=disable or sslmode=prefer".into(),
-        ),
-    };
+    let tls = parse_tls(tls_params, &host, base_dir)?;
     let connect_timeout = config
         .get_connect_timeout()
         .copied()
@@ -884,7 +1007,7 @@ fn parse_url(url: &str) -> Result<PgConnInfo, String> {
         user,
         password,
         dbname,
-        ssl_mode,
+        tls,
         connect_timeout,
     })
 }

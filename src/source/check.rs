@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 
 use super::setup::{published_tables, quote_ident, quote_table, slot_exists};
 use super::SourceError;
-use crate::config::TenantConfig;
+use crate::config::{PgHost, SslMode, TenantConfig};
 use crate::report::error_chain;
 
 /// How bad a finding is.
@@ -97,6 +97,77 @@ pub async fn check_tenant(tenant: &TenantConfig) -> CheckReport {
     report
 }
 
+/// The TLS state of the connection, as the server sees it, and whether
+/// walcast verified the server's certificate.
+async fn tls_item(
+    client: &Client,
+    tenant: &TenantConfig,
+    report: &mut CheckReport,
+) -> Result<(), SourceError> {
+    let row = client
+        .query_opt(
+            "select version, cipher from pg_stat_ssl where pid = pg_backend_pid() and ssl",
+            &[],
+        )
+        .await
+        .map_err(|source| SourceError::Query {
+            tenant: tenant.id.clone(),
+            what: "reading pg_stat_ssl".into(),
+            source,
+        })?;
+    let tls = &tenant.pg.tls;
+    let mode = tls.mode.as_str();
+    let stronger = "use sslmode=verify-full (with sslrootcert=PATH for a private CA)";
+    match row {
+        Some(row) => {
+            let (version, cipher): (Option<String>, Option<String>) = (row.get(0), row.get(1));
+            let protocol = format!(
+                "TLS {} ({})",
+                version.unwrap_or_default(),
+                cipher.unwrap_or_default()
+            );
+            if tls.mode == SslMode::VerifyFull {
+                report.push(
+                    CheckLevel::Ok,
+                    format!("{protocol}; certificate verified: trusted CA and host name (sslmode={mode})"),
+                    None,
+                );
+            } else if tls.verifies_chain() {
+                report.push(
+                    CheckLevel::Ok,
+                    format!("{protocol}; certificate verified: trusted CA, host name not compared (sslmode={mode})"),
+                    None,
+                );
+            } else {
+                report.push(
+                    CheckLevel::Warn,
+                    format!("{protocol}, but the server's certificate is not verified (sslmode={mode}): anyone between could pose as the server"),
+                    Some(stronger.into()),
+                );
+            }
+        }
+        None => match &tenant.pg.host {
+            PgHost::Unix(_) => report.push(CheckLevel::Ok, "no TLS (unix socket)", None),
+            PgHost::Tcp(host) if is_loopback(host) => {
+                report.push(CheckLevel::Ok, format!("no TLS (local connection to {host})"), None)
+            }
+            PgHost::Tcp(host) => report.push(
+                CheckLevel::Warn,
+                format!("no TLS: the connection to {host} is plain text (sslmode={mode})"),
+                Some(format!("turn on ssl in the server's postgresql.conf and {stronger}")),
+            ),
+        },
+    }
+    Ok(())
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 async fn run_checks(
     client: &Client,
     tenant: &TenantConfig,
@@ -126,6 +197,7 @@ async fn run_checks(
         format!("connected (PostgreSQL {version})"),
         None,
     );
+    tls_item(client, tenant, report).await?;
 
     let wal_level: String = row.get(1);
     if wal_level == "logical" {

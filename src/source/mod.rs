@@ -9,6 +9,7 @@ mod check;
 mod replication;
 mod setup;
 mod slots;
+mod tls;
 
 pub use catalog::load_types;
 pub use check::{check_tenant, CheckItem, CheckLevel, CheckReport};
@@ -37,6 +38,13 @@ pub enum SourceError {
         target: String,
         what: &'static str,
         after: std::time::Duration,
+    },
+    #[error("tenant {tenant}: TLS to {target} failed: {reason}; {fix}")]
+    Tls {
+        tenant: TenantId,
+        target: String,
+        reason: String,
+        fix: String,
     },
     #[error("tenant {tenant}: {what} failed")]
     Query {
@@ -77,6 +85,7 @@ impl SourceError {
             }
             SourceError::Setup { .. } => false,
             SourceError::Timeout { .. } => true,
+            SourceError::Tls { .. } => false,
             SourceError::Replication { source, .. } => match source {
                 pgwire_replication::PgWireError::Auth(_)
                 | pgwire_replication::PgWireError::Tls(_) => false,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use pgwire_replication::{PgWireError, ReplicationClient, ReplicationEvent};
 
 use super::SourceError;
-use crate::config::TenantConfig;
+use crate::config::{SslMode, TenantConfig};
 use crate::model::Lsn;
 
 /// How often the confirmed position is reported to the server at most; also
@@ -39,6 +39,29 @@ pub struct PendingSession {
     start: Lsn,
 }
 
+/// A gated replication session that has connected and authenticated:
+/// the session does both on its own task, and its first answer proves it
+/// did, within the connect timeout.
+async fn authenticated(
+    tenant: &TenantConfig,
+    config: pgwire_replication::ReplicationConfig,
+) -> Result<ReplicationClient, SourceError> {
+    let mut client = ReplicationClient::connect_gated(config)
+        .await
+        .map_err(|source| replication_error(tenant, "connect", source))?;
+    let timeout = tenant.pg.connect_timeout;
+    tokio::time::timeout(timeout, client.identify_system())
+        .await
+        .map_err(|_| SourceError::Timeout {
+            tenant: tenant.id.clone(),
+            target: tenant.pg.to_string(),
+            what: "connecting the replication session",
+            after: timeout,
+        })?
+        .map_err(|source| replication_error(tenant, "connect", source))?;
+    Ok(client)
+}
+
 impl PendingSession {
     /// Where the session will stream from (the snapshot's consistent point).
     pub fn start_lsn(&self) -> Lsn {
@@ -60,21 +83,23 @@ impl PendingSession {
             .with_start_lsn(start.into())
             .with_binary(tenant.binary)
             .with_status_interval(STATUS_INTERVAL);
-        let mut client = ReplicationClient::connect_gated(config)
-            .await
-            .map_err(|source| replication_error(tenant, "connect", source))?;
-        // The session connects and authenticates on its own task; its first
-        // answer proves it did, within the connect timeout.
-        let timeout = tenant.pg.connect_timeout;
-        tokio::time::timeout(timeout, client.identify_system())
-            .await
-            .map_err(|_| SourceError::Timeout {
-                tenant: tenant.id.clone(),
-                target: tenant.pg.to_string(),
-                what: "connecting the replication session",
-                after: timeout,
-            })?
-            .map_err(|source| replication_error(tenant, "connect", source))?;
+        let tls = super::tls::client_config(tenant)?;
+        let mode = tenant.pg.tls.mode;
+        let client = if mode == SslMode::Allow {
+            // libpq's `allow`: plain first, TLS when the server wants it.
+            let plain = config
+                .clone()
+                .with_tls(pgwire_replication::TlsConfig::disabled());
+            match authenticated(tenant, plain).await {
+                Err(SourceError::Tls { .. }) => {
+                    authenticated(tenant, config.with_tls(super::tls::replication_tls(mode, tls)))
+                        .await?
+                }
+                other => other?,
+            }
+        } else {
+            authenticated(tenant, config.with_tls(super::tls::replication_tls(mode, tls))).await?
+        };
         Ok(PendingSession {
             client,
             tenant: tenant.clone(),
@@ -222,6 +247,18 @@ fn replication_error(
     source: PgWireError,
 ) -> SourceError {
     let text = source.to_string();
+    let tls_problem = super::tls::explain_failure(&text, tenant).or_else(|| {
+        (text.contains("no pg_hba.conf entry") && text.contains("no encryption"))
+            .then(|| super::tls::plain_refused(tenant))
+    });
+    if let Some((reason, fix)) = tls_problem {
+        return SourceError::Tls {
+            tenant: tenant.id.clone(),
+            target: tenant.pg.to_string(),
+            reason,
+            fix,
+        };
+    }
     let hint = if text.contains("does not exist") && text.contains("slot") {
         format!(
             "create the slot with `walcast setup` (slot {})",

@@ -1,28 +1,80 @@
 //! The regular connection, and idempotent creation of publication and slot.
 
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::config::SslMode as WireSslMode;
 use tokio_postgres::{Client, NoTls};
 
 use super::SourceError;
-use crate::config::TenantConfig;
+use crate::config::{SslMode, TenantConfig};
 use crate::model::TableName;
 
-/// Opens the tenant's regular connection (its driver runs on its own task).
+/// Opens the tenant's regular connection (its driver runs on its own task),
+/// with TLS as the url's `sslmode` says.
 pub async fn connect(tenant: &TenantConfig, application_name: &str) -> Result<Client, SourceError> {
-    let config = tenant.pg.tokio_config(application_name);
-    let connecting = config.connect(NoTls);
-    let (client, connection) = tokio::time::timeout(tenant.pg.connect_timeout, connecting)
-        .await
+    let tls = super::tls::client_config(tenant)?;
+    match (tenant.pg.tls.mode, tls) {
+        (_, None) => open(tenant, application_name, WireSslMode::Disable, None).await,
+        // libpq's `allow`: plain first, TLS when the server wants it.
+        (SslMode::Allow, Some(tls)) => {
+            match open(tenant, application_name, WireSslMode::Disable, None).await {
+                Err(SourceError::Tls { .. }) => {
+                    open(tenant, application_name, WireSslMode::Require, Some(tls)).await
+                }
+                other => other,
+            }
+        }
+        (SslMode::Prefer, Some(tls)) => {
+            open(tenant, application_name, WireSslMode::Prefer, Some(tls)).await
+        }
+        (_, Some(tls)) => open(tenant, application_name, WireSslMode::Require, Some(tls)).await,
+    }
+}
+
+async fn open(
+    tenant: &TenantConfig,
+    application_name: &str,
+    ssl_mode: WireSslMode,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Client, SourceError> {
+    let mut config = tenant.pg.tokio_config(application_name);
+    config.ssl_mode(ssl_mode);
+    let deadline = tenant.pg.connect_timeout;
+    match tls {
+        None => drive(
+            tenant,
+            tokio::time::timeout(deadline, config.connect(NoTls)).await,
+        ),
+        Some(tls) => {
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+            drive(
+                tenant,
+                tokio::time::timeout(deadline, config.connect(connector)).await,
+            )
+        }
+    }
+}
+
+type Connected<S, T> = Result<
+    Result<(Client, tokio_postgres::Connection<S, T>), tokio_postgres::Error>,
+    tokio::time::error::Elapsed,
+>;
+
+/// Runs the connection's driver on its own task, or names what went wrong.
+fn drive<S, T>(tenant: &TenantConfig, connected: Connected<S, T>) -> Result<Client, SourceError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = connected
         .map_err(|_| SourceError::Timeout {
             tenant: tenant.id.clone(),
             target: tenant.pg.to_string(),
             what: "connecting",
             after: tenant.pg.connect_timeout,
         })?
-        .map_err(|source| SourceError::Connect {
-            tenant: tenant.id.clone(),
-            target: tenant.pg.to_string(),
-            source,
-        })?;
+        .map_err(|source| connect_error(tenant, source))?;
     let id = tenant.id.clone();
     tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -30,6 +82,34 @@ pub async fn connect(tenant: &TenantConfig, application_name: &str) -> Result<Cl
         }
     });
     Ok(client)
+}
+
+fn connect_error(tenant: &TenantConfig, source: tokio_postgres::Error) -> SourceError {
+    let text = crate::report::error_chain(&source);
+    let tls_problem = super::tls::explain_failure(&text, tenant).or_else(|| {
+        refused_without_tls(&source).then(|| super::tls::plain_refused(tenant))
+    });
+    match tls_problem {
+        Some((reason, fix)) => SourceError::Tls {
+            tenant: tenant.id.clone(),
+            target: tenant.pg.to_string(),
+            reason,
+            fix,
+        },
+        None => SourceError::Connect {
+            tenant: tenant.id.clone(),
+            target: tenant.pg.to_string(),
+            source,
+        },
+    }
+}
+
+/// pg_hba.conf has no `host` line (only `hostssl`) for a plain connection.
+fn refused_without_tls(err: &tokio_postgres::Error) -> bool {
+    err.as_db_error().is_some_and(|db| {
+        db.code() == &tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            && db.message().contains("no encryption")
+    })
 }
 
 /// `"name"` with inner quotes doubled.

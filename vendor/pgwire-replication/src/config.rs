@@ -93,7 +93,29 @@ pub struct TlsConfig {
     /// Must be paired with `client_cert_pem_path`.
     /// Supports PKCS#8, PKCS#1 (RSA), and SEC1 (EC) formats.
     pub client_key_pem_path: Option<PathBuf>,
+
+    /// A complete rustls client configuration to use instead of one built
+    /// from the fields above (roots, client certificate, verification): the
+    /// caller then owns verification. `mode` still decides what happens when
+    /// the server declines TLS. `sni_hostname` still applies.
+    #[cfg(feature = "tls-rustls")]
+    pub client_config: Option<RustlsClientConfig>,
 }
+
+/// A shared rustls client configuration (equal when it is the same one).
+#[cfg(feature = "tls-rustls")]
+#[derive(Debug, Clone)]
+pub struct RustlsClientConfig(pub std::sync::Arc<rustls::ClientConfig>);
+
+#[cfg(feature = "tls-rustls")]
+impl PartialEq for RustlsClientConfig {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+#[cfg(feature = "tls-rustls")]
+impl Eq for RustlsClientConfig {}
 
 impl TlsConfig {
     /// Create a configuration with TLS disabled.

@@ -86,5 +86,7 @@ pub use client::{
     ReplicationEventReceiver, ReplicationMetrics, TimelineHistory,
 };
 pub use config::{Publication, ReplicationConfig, SslMode, TcpOptions, TlsConfig};
+#[cfg(feature = "tls-rustls")]
+pub use config::RustlsClientConfig;
 pub use error::{PgWireError, Result};
 pub use lsn::Lsn;
