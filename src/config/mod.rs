@@ -16,7 +16,8 @@ use toml::Spanned;
 
 pub(crate) use validate::parse_table;
 pub use validate::{
-    MirrorFormat, MirrorRule, PgConnInfo, PgHost, PgTls, RedisConfig, RootCerts, SslMode, TenantConfig, TenantId,
+    MirrorFormat, MirrorRule, PgConnInfo, PgHost, PgTls, RedisConfig, RootCerts, SslMode,
+    TenantConfig, TenantId,
 };
 
 /// Where the configuration is read from when neither `--config` nor

@@ -880,7 +880,13 @@ pub(super) fn interpolate(
 
 /// libpq's TLS parameters, which walcast reads itself; the rest of the URL
 /// goes to tokio-postgres.
-const TLS_PARAMS: [&str; 5] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslnegotiation"];
+const TLS_PARAMS: [&str; 5] = [
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslnegotiation",
+];
 
 /// Splits the URL's query into walcast's TLS parameters (decoded) and the
 /// URL with the others.
@@ -954,7 +960,11 @@ fn parse_tls(
     };
     let tls = PgTls {
         // libpq uses no TLS on a unix socket whatever sslmode says.
-        mode: if matches!(host, PgHost::Unix(_)) { SslMode::Disable } else { mode },
+        mode: if matches!(host, PgHost::Unix(_)) {
+            SslMode::Disable
+        } else {
+            mode
+        },
         root_certs,
         client_cert,
     };
@@ -1067,6 +1077,43 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, String> {
         parse(Path::new("walcast.toml"), text, &env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn libpq_tls_parameters_are_read_and_the_rest_passed_on() {
+        let dir = std::env::temp_dir();
+        let ca = dir.join(format!("walcast-unit-ca-{}.crt", std::process::id()));
+        std::fs::write(&ca, "x").unwrap();
+        let url = format!(
+            "postgres://u@db.example:5433/app?connect_timeout=3&sslmode=verify-full&sslrootcert={}&application_name=x",
+            ca.display().to_string().replace('/', "%2F")
+        );
+        let pg = parse_url(&url, Path::new("/")).unwrap();
+        std::fs::remove_file(&ca).unwrap();
+        assert_eq!(pg.tls.mode, SslMode::VerifyFull);
+        assert_eq!(pg.tls.root_certs, RootCerts::File(ca));
+        assert!(pg.tls.verifies_chain());
+        assert_eq!(pg.connect_timeout, Duration::from_secs(3));
+        let pg = parse_url("postgres://u@h/app", Path::new("/")).unwrap();
+        assert_eq!(pg.tls.mode, SslMode::Prefer);
+        assert_eq!(pg.tls.root_certs, RootCerts::System);
+        assert!(!pg.tls.verifies_chain());
+        // libpq: no TLS over a unix socket, whatever sslmode says.
+        let pg = parse_url(
+            "postgres://u@%2Fvar%2Frun%2Fpostgresql/app?sslmode=require",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(pg.tls.mode, SslMode::Disable);
+        for (query, error) in [
+            ("sslmode=on", "sslmode=on is not known"),
+            ("sslkey=k.pem", "sslcert and sslkey go together"),
+            ("sslnegotiation=direct", "not supported yet"),
+        ] {
+            let err =
+                parse_url(&format!("postgres://u@h/app?{query}"), Path::new("/")).unwrap_err();
+            assert!(err.contains(error), "{query}: {err}");
+        }
     }
 
     #[test]

@@ -79,10 +79,15 @@ pub async fn check_tenant(tenant: &TenantConfig) -> CheckReport {
     let client = match super::connect(tenant, "walcast check").await {
         Ok(client) => client,
         Err(err) => {
+            // A TLS failure and a timeout carry their own fix.
+            let fix = match err {
+                SourceError::Tls { .. } | SourceError::Timeout { .. } => None,
+                _ => Some("check that the server is running and that host, port, user, password and database in the tenant's url are right (and that pg_hba.conf lets this host in)".into()),
+            };
             report.push(
                 CheckLevel::Fail,
                 format!("cannot connect: {}", error_chain(&err)),
-                Some("check that the server is running and that host, port, user, password and database in the tenant's url are right (and that pg_hba.conf lets this host in)".into()),
+                fix,
             );
             return report;
         }
@@ -148,13 +153,17 @@ async fn tls_item(
         }
         None => match &tenant.pg.host {
             PgHost::Unix(_) => report.push(CheckLevel::Ok, "no TLS (unix socket)", None),
-            PgHost::Tcp(host) if is_loopback(host) => {
-                report.push(CheckLevel::Ok, format!("no TLS (local connection to {host})"), None)
-            }
+            PgHost::Tcp(host) if is_loopback(host) => report.push(
+                CheckLevel::Ok,
+                format!("no TLS (local connection to {host})"),
+                None,
+            ),
             PgHost::Tcp(host) => report.push(
                 CheckLevel::Warn,
                 format!("no TLS: the connection to {host} is plain text (sslmode={mode})"),
-                Some(format!("turn on ssl in the server's postgresql.conf and {stronger}")),
+                Some(format!(
+                    "turn on ssl in the server's postgresql.conf and {stronger}"
+                )),
             ),
         },
     }

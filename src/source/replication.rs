@@ -92,13 +92,20 @@ impl PendingSession {
                 .with_tls(pgwire_replication::TlsConfig::disabled());
             match authenticated(tenant, plain).await {
                 Err(SourceError::Tls { .. }) => {
-                    authenticated(tenant, config.with_tls(super::tls::replication_tls(mode, tls)))
-                        .await?
+                    authenticated(
+                        tenant,
+                        config.with_tls(super::tls::replication_tls(mode, tls)),
+                    )
+                    .await?
                 }
                 other => other?,
             }
         } else {
-            authenticated(tenant, config.with_tls(super::tls::replication_tls(mode, tls))).await?
+            authenticated(
+                tenant,
+                config.with_tls(super::tls::replication_tls(mode, tls)),
+            )
+            .await?
         };
         Ok(PendingSession {
             client,
