@@ -457,16 +457,39 @@ fn spawn_systemd_notifier(
     });
 }
 
-/// Connects to Redis, retrying (with a warning) until it answers.
+/// Connects to Redis, retrying until it answers: every 250 ms at first,
+/// then every second at most, so walcast goes on within a second of Redis
+/// being back; logged at the first failure and then every 10 s. A
+/// certificate that does not verify is an error with its fix, retried
+/// every 10 s (the fix is on the operator's side).
 async fn connect_redis(config: &RedisConfig) -> redis::aio::ConnectionManager {
-    let mut delay = Duration::from_millis(500);
+    let mut delay = Duration::from_millis(250);
+    let mut logged: Option<std::time::Instant> = None;
     loop {
         match crate::sink::redis::connect(config).await {
             Ok(conn) => return conn,
             Err(err) => {
-                tracing::warn!(error = %crate::tenant::error_chain(&err), retry_in_ms = delay.as_millis() as u64, "cannot reach redis; retrying (check [redis] url)");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+                let text = crate::tenant::error_chain(&err);
+                let tls = crate::sink::redis::tls_problem(&text);
+                let wait = if tls.is_some() {
+                    Duration::from_secs(10)
+                } else {
+                    delay
+                };
+                if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) || tls.is_some()
+                {
+                    match tls {
+                        Some(fix) => {
+                            tracing::error!(error = %text, retry_in_ms = wait.as_millis() as u64, "cannot connect to redis: {fix}")
+                        }
+                        None => {
+                            tracing::warn!(error = %text, retry_in_ms = wait.as_millis() as u64, "cannot reach redis; retrying (check [redis] url)")
+                        }
+                    }
+                    logged = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(wait).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
             }
         }
     }

@@ -6,92 +6,9 @@ mod common;
 
 use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
+use common::certs::make_certificates;
 use common::*;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let status = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl (apt-get install openssl) makes the test certificates");
-    assert!(status.success(), "openssl {args:?}");
-}
-
-/// `ca.crt`, a server certificate for `localhost` only (no IP address), a
-/// client certificate for the role `certuser`, and an unrelated CA.
-fn make_certificates(dir: &Path) {
-    for (name, subject) in [
-        ("ca", "/CN=walcast test CA"),
-        ("other-ca", "/CN=another CA"),
-    ] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                subject,
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.crt"),
-            ],
-        );
-    }
-    std::fs::write(dir.join("server.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for (name, subject, ext) in [
-        ("server", "/CN=localhost", Some("server.ext")),
-        ("client", "/CN=certuser", Some("client.ext")),
-    ] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                subject,
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-            ],
-        );
-        let mut args = vec![
-            "x509",
-            "-req",
-            "-in",
-            &*format!("{name}.csr"),
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            &*format!("{name}.crt"),
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-        if let Some(ext) = ext {
-            args.extend(["-extfile".to_owned(), ext.to_owned()]);
-        }
-        openssl(dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
-    }
-}
 
 /// Turns TLS on in `db` and lets TCP connections in over TLS only
 /// (`certuser` with a client certificate).
@@ -133,7 +50,7 @@ fn tenant(db: &TenantDb, host: &str, user: &str, query: &str) -> String {
 fn both_connections_speak_tls_as_libpq_parameters_say() {
     let db = TenantDb::start();
     let dir = TempDir::new("pg-tls");
-    make_certificates(&dir.0);
+    make_certificates(&dir.0, "certuser");
     tls_only(&db, &dir.0);
 
     // verify-full against the CA, by the name in the certificate: check
@@ -241,7 +158,7 @@ fn both_connections_speak_tls_as_libpq_parameters_say() {
 fn a_certificate_that_does_not_verify_is_a_definite_error_naming_the_reason() {
     let db = TenantDb::start();
     let dir = TempDir::new("pg-tls-fail");
-    make_certificates(&dir.0);
+    make_certificates(&dir.0, "certuser");
     tls_only(&db, &dir.0);
     let cases = [
         (

@@ -16,7 +16,7 @@ use toml::Spanned;
 
 pub(crate) use validate::parse_table;
 pub use validate::{
-    MirrorFormat, MirrorRule, PgConnInfo, PgHost, PgTls, RedisConfig, RootCerts, SslMode,
+    MirrorFormat, MirrorRule, PgConnInfo, PgHost, PgTls, RedisConfig, RedisTls, RootCerts, SslMode,
     TenantConfig, TenantId,
 };
 
@@ -222,6 +222,12 @@ pub(crate) struct RawRedis {
     pub url: Spanned<String>,
     #[serde(default)]
     pub key_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tls_ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tls_cert_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tls_key_file: Option<Spanned<String>>,
     #[serde(default)]
     pub connect_timeout_ms: Option<Spanned<u64>>,
     #[serde(default)]

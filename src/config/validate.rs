@@ -277,12 +277,24 @@ pub struct RedisConfig {
     /// redis://, rediss:// or redis+unix:// (may hold a password: never printed).
     pub url: String,
     pub key_prefix: String,
+    /// The CA and client certificate for `rediss://`.
+    pub tls: RedisTls,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     /// Approximate maximum number of entries per tenant stream.
     pub stream_max_len: Option<u64>,
     /// Entries older than this are trimmed (by id, whose first part is the commit LSN, so by age of arrival at trim time).
     pub stream_max_age: Option<Duration>,
+}
+
+/// TLS files for `rediss://`, read at every connect. Without `ca_file` the
+/// server's certificate must be signed by a public CA (the webpki roots).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (chain) and its key, PEM, for Redis's
+    /// `tls-auth-clients`.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -430,7 +442,7 @@ pub(super) fn validate(
     let redis = raw
         .redis
         .as_ref()
-        .map(|r| redis_config(r, env))
+        .map(|r| redis_config(r, env, path.parent().unwrap_or(Path::new(""))))
         .transpose()
         .map_err(|(s, m)| at(s, m))?;
     if redis.is_none() {
@@ -689,6 +701,7 @@ pub(super) type SpanError = (std::ops::Range<usize>, String);
 fn redis_config(
     raw: &RawRedis,
     env: &dyn Fn(&str) -> Option<String>,
+    base_dir: &Path,
 ) -> Result<RedisConfig, SpanError> {
     let url = interpolate(raw.url.get_ref(), env).map_err(|m| (raw.url.span(), m))?;
     if !(url.starts_with("redis://")
@@ -755,9 +768,49 @@ fn redis_config(
         Some(v) => Some(Duration::from_secs(*v.get_ref())),
         None => None,
     };
+    let file = |value: &Spanned<String>, key: &str| -> Result<PathBuf, SpanError> {
+        let path = base_dir.join(value.get_ref());
+        std::fs::File::open(&path).map(|_| path.clone()).map_err(|err| {
+            (
+                value.span(),
+                format!("could not read {key} {}: {err}; check the path (relative paths start at the config file's directory) and that the walcast user may read it", path.display()),
+            )
+        })
+    };
+    let ca_file = raw
+        .tls_ca_file
+        .as_ref()
+        .map(|v| file(v, "tls_ca_file"))
+        .transpose()?;
+    let client_cert = match (&raw.tls_cert_file, &raw.tls_key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((file(cert, "tls_cert_file")?, file(key, "tls_key_file")?)),
+        (Some(one), None) | (None, Some(one)) => {
+            return Err((
+                one.span(),
+                "tls_cert_file and tls_key_file go together; give both (the client certificate and its key, PEM) or neither".into(),
+            ))
+        }
+    };
+    let tls = RedisTls {
+        ca_file,
+        client_cert,
+    };
+    if tls != RedisTls::default() && !url.starts_with("rediss://") {
+        let span = [&raw.tls_ca_file, &raw.tls_cert_file, &raw.tls_key_file]
+            .into_iter()
+            .flatten()
+            .next()
+            .map_or(raw.url.span(), |v| v.span());
+        return Err((
+            span,
+            "TLS files are set but the redis url is not rediss://; write rediss://host:port/ to connect with TLS (or remove the tls_* keys)".into(),
+        ));
+    }
     Ok(RedisConfig {
         url,
         key_prefix,
+        tls,
         connect_timeout: millis(
             &raw.connect_timeout_ms,
             DEFAULT_REDIS_CONNECT_TIMEOUT_MS,

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod client;
 
 use std::io::{BufRead, BufReader, Read};

@@ -84,7 +84,59 @@ pub fn client(config: &RedisConfig) -> RedisResult<redis::Client> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let info = redis::IntoConnectionInfo::into_connection_info(config.url.as_str())?;
     let tcp = info.tcp_settings().clone().set_nodelay(true);
-    redis::Client::open(info.set_tcp_settings(tcp))
+    let info = info.set_tcp_settings(tcp);
+    if config.tls == crate::config::RedisTls::default() {
+        return redis::Client::open(info);
+    }
+    let read = |path: &std::path::Path, key: &str| {
+        std::fs::read(path).map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "could not read a [redis] TLS file",
+                format!("{key} {}: {e}", path.display()),
+            ))
+        })
+    };
+    let root_cert = match &config.tls.ca_file {
+        Some(path) => Some(read(path, "tls_ca_file")?),
+        None => None,
+    };
+    let client_tls = match &config.tls.client_cert {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert, "tls_cert_file")?,
+            client_key: read(key, "tls_key_file")?,
+        }),
+        None => None,
+    };
+    redis::Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+}
+
+/// What a failed `rediss://` connection's error text means for the
+/// operator, when it is about the certificate.
+pub fn tls_problem(text: &str) -> Option<&'static str> {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+        Some("redis's certificate is not signed by a CA walcast trusts (unknown CA): set [redis] tls_ca_file to the CA certificate that signed it")
+    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+        Some("redis's certificate is not for the host in [redis] url (name mismatch): write the host name the certificate names")
+    } else if lower.contains("expired") {
+        Some("redis's certificate has expired: renew it (tls-cert-file in redis.conf)")
+    } else if lower.contains("certificaterequired") || lower.contains("certificate required") {
+        Some("redis asks for a client certificate (tls-auth-clients): set [redis] tls_cert_file and tls_key_file")
+    } else if lower.contains("invalid peer certificate")
+        || lower.contains("caused as end entity")
+        || lower.contains("causedasendentity")
+    {
+        Some("redis's certificate does not verify: check [redis] tls_ca_file and the server's certificate")
+    } else {
+        None
+    }
 }
 
 /// Connects to Redis (with the configured timeouts) and checks it answers.
@@ -917,6 +969,7 @@ struct Session {
 async fn open_session(encoder: &Encoder, client: &redis::Client) -> RedisResult<Session> {
     let conn = resp::Connection::open(
         client.get_connection_info(),
+        &encoder.config.tls,
         encoder.config.connect_timeout,
         encoder.config.command_timeout,
     )

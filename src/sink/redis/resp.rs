@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::time::Duration;
 
+use crate::config::RedisTls;
 use bytes::{Buf, Bytes, BytesMut};
 use redis::{ConnectionAddr, ConnectionInfo, RedisError, RedisResult, RedisWrite, ToRedisArgs};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -299,10 +300,11 @@ impl Connection {
     /// selects the database.
     pub async fn open(
         info: &ConnectionInfo,
+        tls: &RedisTls,
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> RedisResult<Connection> {
-        let stream = tokio::time::timeout(connect_timeout, connect(info.addr()))
+        let stream = tokio::time::timeout(connect_timeout, connect(info.addr(), tls))
             .await
             .map_err(|_| {
                 io::Error::new(io::ErrorKind::TimedOut, "connecting to redis timed out")
@@ -366,7 +368,7 @@ impl Connection {
     }
 }
 
-async fn connect(addr: &ConnectionAddr) -> io::Result<Box<dyn Stream>> {
+async fn connect(addr: &ConnectionAddr, tls: &RedisTls) -> io::Result<Box<dyn Stream>> {
     match addr {
         ConnectionAddr::Tcp(host, port) => {
             let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
@@ -382,14 +384,14 @@ async fn connect(addr: &ConnectionAddr) -> io::Result<Box<dyn Stream>> {
             if *insecure {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    "rediss:// with #insecure is not supported: use a certificate a public CA signed",
+                    "rediss:// with #insecure is not supported: set [redis] tls_ca_file to the CA that signed redis's certificate",
                 ));
             }
             let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             stream.set_nodelay(true)?;
             let name = rustls::pki_types::ServerName::try_from(host.clone())
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let stream = tls_connector()?.connect(name, stream).await?;
+            let stream = tls_connector(tls)?.connect(name, stream).await?;
             Ok(Box::new(stream))
         }
         ConnectionAddr::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
@@ -400,18 +402,50 @@ async fn connect(addr: &ConnectionAddr) -> io::Result<Box<dyn Stream>> {
     }
 }
 
-/// TLS as redis-rs sets it up for `rediss://` (certificates signed by a CA
-/// of the webpki roots, no client certificate), with the crypto provider
+/// TLS as redis-rs sets it up for `rediss://`: the server's certificate
+/// signed by the configured CA (else one of the webpki roots) and naming
+/// the host, a client certificate when configured; with the crypto provider
 /// named rather than left to rustls's features.
-fn tls_connector() -> io::Result<tokio_rustls::TlsConnector> {
+fn tls_connector(tls: &RedisTls) -> io::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what} {} does not load: {e}", path.display()),
+        )
+    };
     let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    match &tls.ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| bad("tls_ca_file", path, &e))?;
+            roots.add_parsable_certificates(certs);
+            if roots.is_empty() {
+                return Err(bad("tls_ca_file", path, &"no CA certificate in it"));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match &tls.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| bad("tls_cert_file", cert, &e))?;
+            let key_der =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| bad("tls_key_file", key, &e))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| bad("tls_cert_file", cert, &e))?
+        }
+    };
     Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
         config,
     )))
