@@ -177,3 +177,38 @@ fn missing_replication_privilege_names_the_grant() {
         );
     }
 }
+
+#[test]
+fn setup_goes_on_after_a_failing_tenant_and_exits_1() {
+    let db = TenantDb::start();
+    let dir = TempDir::new("setup-partial");
+    let port = walcast::localdev::free_port().unwrap();
+    let config = dir.write(
+        "walcast.toml",
+        &format!(
+            "[[tenants]]\nid = \"down\"\nurl = \"postgres://postgres@127.0.0.1:{port}/platform\"\ntables = [\"tasks\"]\n{}",
+            db.tenant_toml("acme")
+        ),
+    );
+    let (status, stdout, stderr) = walcast_output(&config, &["setup"]);
+    assert_eq!(status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("walcast: tenant down: could not connect"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stdout.matches("-- done").count(),
+        1,
+        "only the reachable tenant is done: {stdout}"
+    );
+    assert!(
+        stdout.contains("-- 1 of 2 tenant(s) failed: down"),
+        "{stdout}"
+    );
+    assert_eq!(
+        db.sql("select count(*) from pg_publication where pubname = 'walcast_acme'")
+            .trim(),
+        "1",
+        "the tenant after the failing one was set up"
+    );
+}
