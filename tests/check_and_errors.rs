@@ -128,8 +128,22 @@ fn config_errors_point_at_the_line() {
     let missing = dir.0.join("nope.toml");
     let (status, _, stderr) = walcast_output(&missing, &["run"]);
     assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "walcast: cannot read config file {}: No such file or directory; pass --config PATH (or set WALCAST_CONFIG), or create it (config.example.toml shows every key)",
+            missing.display()
+        ),
+        "one line, the cause said once"
+    );
+
+    // A directory is not a config file either.
+    let (status, _, stderr) = walcast_output(&dir.0, &["check"]);
+    assert_eq!(status.code(), Some(1));
     assert!(
-        stderr.contains("could not read config file") && stderr.contains("WALCAST_CONFIG"),
+        stderr.contains("cannot read config file")
+            && stderr.matches("directory").count() == 1
+            && !stderr.contains("os error"),
         "{stderr}"
     );
 
