@@ -226,3 +226,50 @@ fn setup_goes_on_after_a_failing_tenant_and_exits_1() {
         "the tenant after the failing one was set up"
     );
 }
+
+/// A TCP port that answers like an HTTP server whatever it is sent.
+fn http_like_listener() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = [0u8; 1024];
+            // Read the client's first bytes (the startup message), so that
+            // closing does not reset the connection before it reads ours.
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    port
+}
+
+#[test]
+fn a_port_that_is_not_postgres_is_named_as_such() {
+    let port = http_like_listener();
+    let dir = TempDir::new("not-postgres");
+    let config = dir.write(
+        "walcast.toml",
+        &format!(
+            "[[tenants]]\nid = \"web\"\nurl = \"postgres://walcast@127.0.0.1:{port}/platform\"\ntables = [\"tasks\"]\n"
+        ),
+    );
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "postgres://walcast@127.0.0.1:{port}/platform is not a PostgreSQL server (it answered with something else); check the port in the tenant's url"
+        )),
+        "{stdout}"
+    );
+
+    let (status, stdout, stderr) = walcast_output(&config, &["setup"]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stderr.contains("tenant web: ") && stderr.contains("is not a PostgreSQL server"),
+        "{stderr}"
+    );
+}

@@ -79,10 +79,14 @@ pub async fn check_tenant(tenant: &TenantConfig) -> CheckReport {
     let client = match super::connect(tenant, "walcast check").await {
         Ok(client) => client,
         Err(err) => {
+            let fix = match err {
+                SourceError::NotPostgres { .. } => "put the PostgreSQL server's port in the tenant's url (5432 unless the server sets another)",
+                _ => "check that the server is running and that host, port, user, password and database in the tenant's url are right (and that pg_hba.conf lets this host in)",
+            };
             report.push(
                 CheckLevel::Fail,
                 format!("cannot connect: {}", error_chain(&err)),
-                Some("check that the server is running and that host, port, user, password and database in the tenant's url are right (and that pg_hba.conf lets this host in)".into()),
+                Some(fix.into()),
             );
             return report;
         }

@@ -18,10 +18,22 @@ pub async fn connect(tenant: &TenantConfig, application_name: &str) -> Result<Cl
             what: "connecting",
             after: tenant.pg.connect_timeout,
         })?
-        .map_err(|source| SourceError::Connect {
-            tenant: tenant.id.clone(),
-            target: tenant.pg.to_string(),
-            source,
+        .map_err(|source| {
+            let tenant_id = tenant.id.clone();
+            let target = tenant.pg.to_string();
+            if answered_not_postgres(&source) {
+                SourceError::NotPostgres {
+                    tenant: tenant_id,
+                    target,
+                    source,
+                }
+            } else {
+                SourceError::Connect {
+                    tenant: tenant_id,
+                    target,
+                    source,
+                }
+            }
         })?;
     let id = tenant.id.clone();
     tokio::spawn(async move {
@@ -30,6 +42,27 @@ pub async fn connect(tenant: &TenantConfig, application_name: &str) -> Result<Cl
         }
     });
     Ok(client)
+}
+
+/// Whether a failed connection attempt got an answer that is not the
+/// PostgreSQL protocol. tokio-postgres has no public error kind for it; its
+/// text is one of: the codec saw the stream end inside a frame whose length
+/// was garbage ("bytes remaining on stream": an HTTP or Redis reply read as a
+/// length), a message type Postgres does not send, or a frame it could not
+/// parse. A server error (`DbError`) is Postgres speaking.
+fn answered_not_postgres(err: &tokio_postgres::Error) -> bool {
+    if err.as_db_error().is_some() {
+        return false;
+    }
+    let text = crate::report::error_chain(err);
+    [
+        "bytes remaining on stream",
+        "unexpected message from server",
+        "error parsing response from server",
+        "unknown message tag",
+    ]
+    .iter()
+    .any(|sign| text.contains(sign))
 }
 
 /// `"name"` with inner quotes doubled.
