@@ -20,8 +20,48 @@ fn check_on_wal_level_replica_exits_1_and_names_the_fix() {
         stdout.contains("ALTER SYSTEM SET wal_level = logical;"),
         "{stdout}"
     );
+    // What `walcast run` creates is a warning, publication and slot alike.
     assert!(
-        stdout.contains("FAIL  publication walcast_acme does not exist"),
+        stdout.contains("WARN  publication walcast_acme does not exist yet: `walcast run` creates it (or run `walcast setup`)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("WARN  slot walcast_acme does not exist yet (")
+            && stdout
+                .contains("slots are free): `walcast run` creates it (or run `walcast setup`)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("FAIL  publication"), "{stdout}");
+}
+
+#[test]
+fn check_warns_of_what_run_creates_and_exits_0() {
+    let db = TenantDb::start();
+    let dir = TempDir::new("check-missing");
+    let config = dir.write("walcast.toml", &db.tenant_toml("acme"));
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert!(
+        status.success(),
+        "missing publication and slot do not block: {stdout}"
+    );
+    assert!(
+        stdout.contains("WARN  publication walcast_acme does not exist yet")
+            && stdout.contains("WARN  slot walcast_acme does not exist yet"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("by hand: CREATE PUBLICATION \"walcast_acme\" FOR TABLE \"public\".\"tasks\", \"public\".\"environments\""),
+        "{stdout}"
+    );
+
+    // A publication that misses a table: also a warning (run adds it).
+    db.sql("create publication walcast_acme for table tasks");
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert!(status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "WARN  publication walcast_acme does not cover \"public\".\"environments\" yet"
+        ),
         "{stdout}"
     );
 }

@@ -10,6 +10,10 @@ use super::SourceError;
 use crate::config::TenantConfig;
 use crate::report::error_chain;
 
+/// What check says of a publication or slot that is missing: neither blocks,
+/// `walcast run` (and `tail` on the tenant's slot) creates both on start.
+const CREATED_BY_RUN: &str = "`walcast run` creates it (or run `walcast setup`)";
+
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckLevel {
@@ -159,13 +163,16 @@ async fn run_checks(
         report.push(CheckLevel::Ok, format!("slot {} exists", tenant.slot), None);
     } else if used_slots < max_slots {
         report.push(
-            CheckLevel::Ok,
+            CheckLevel::Warn,
             format!(
-                "slot {} does not exist yet and {} of {max_slots} slots are free (walcast setup or run creates it)",
+                "slot {} does not exist yet ({} of {max_slots} slots are free): {CREATED_BY_RUN}",
                 tenant.slot,
                 max_slots - used_slots
             ),
-            None,
+            Some(format!(
+                "by hand: SELECT pg_create_logical_replication_slot('{}', 'pgoutput');",
+                tenant.slot
+            )),
         );
     } else {
         report.push(
@@ -210,10 +217,13 @@ async fn run_checks(
     let tables: Vec<String> = tenant.tables.iter().map(quote_table).collect();
     match all_tables {
         None => report.push(
-            CheckLevel::Fail,
-            format!("publication {} does not exist", tenant.publication),
+            CheckLevel::Warn,
+            format!(
+                "publication {} does not exist yet: {CREATED_BY_RUN}",
+                tenant.publication
+            ),
             Some(format!(
-                "walcast setup  (or by hand: CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true);)",
+                "by hand: CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true);",
                 quote_ident(&tenant.publication),
                 tables.join(", ")
             )),
@@ -242,14 +252,14 @@ async fn run_checks(
                 );
             } else {
                 report.push(
-                    CheckLevel::Fail,
+                    CheckLevel::Warn,
                     format!(
-                        "publication {} does not cover {}",
+                        "publication {} does not cover {} yet: `walcast run` adds them (or run `walcast setup`)",
                         tenant.publication,
                         missing.join(", ")
                     ),
                     Some(format!(
-                        "walcast setup  (or by hand: ALTER PUBLICATION {} ADD TABLE {};)",
+                        "by hand: ALTER PUBLICATION {} ADD TABLE {};",
                         quote_ident(&tenant.publication),
                         missing.join(", ")
                     )),
