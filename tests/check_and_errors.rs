@@ -313,3 +313,43 @@ fn a_port_that_is_not_postgres_is_named_as_such() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_table_name_typo_gets_a_did_you_mean_and_is_left_out_of_the_sql() {
+    let db = TenantDb::start();
+    let dir = TempDir::new("typo");
+    let config = dir.write(
+        "walcast.toml",
+        &format!(
+            "[[tenants]]\nid = \"acme\"\nurl = \"{}\"\ntables = [\"tasks\", \"enviroments\"]\n",
+            db.url()
+        ),
+    );
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  table public.enviroments does not exist in database platform; did you mean public.environments?"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "by hand: CREATE PUBLICATION \"walcast_acme\" FOR TABLE \"public\".\"tasks\" WITH"
+        ),
+        "the suggested SQL leaves the missing table out: {stdout}"
+    );
+
+    for args in [&["setup", "--dry-run"][..], &["setup"][..]] {
+        let (status, stdout, stderr) = walcast_output(&config, args);
+        assert_eq!(status.code(), Some(1), "{args:?}: {stdout}");
+        assert!(
+            stderr.contains("walcast: tenant acme: table public.enviroments does not exist in database platform; did you mean public.environments?; correct the name in the tenant's tables"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stdout.contains("CREATE PUBLICATION"), "{args:?}: {stdout}");
+    }
+    assert_eq!(
+        db.sql("select count(*) from pg_publication").trim(),
+        "0",
+        "setup changed nothing"
+    );
+}

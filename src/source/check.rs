@@ -5,7 +5,7 @@ use std::fmt;
 
 use tokio_postgres::Client;
 
-use super::setup::{published_tables, quote_ident, quote_table, slot_exists};
+use super::setup::{missing_tables, published_tables, quote_ident, quote_table, slot_exists};
 use super::SourceError;
 use crate::config::TenantConfig;
 use crate::report::error_chain;
@@ -214,8 +214,25 @@ async fn run_checks(
         .await
         .map_err(q("reading pg_publication"))?
         .map(|r| r.get::<_, bool>(0));
-    let tables: Vec<String> = tenant.tables.iter().map(quote_table).collect();
+    // A table that does not exist cannot be published: the statements
+    // suggested here leave it out (it has its own FAIL line below).
+    let absent = missing_tables(client, tenant).await?;
+    let exists = |t: &&crate::model::TableName| !absent.iter().any(|m| m.table == **t);
+    let tables: Vec<String> = tenant
+        .tables
+        .iter()
+        .filter(exists)
+        .map(quote_table)
+        .collect();
     match all_tables {
+        None if tables.is_empty() => report.push(
+            CheckLevel::Warn,
+            format!(
+                "publication {} does not exist yet, and none of the tenant's tables exists",
+                tenant.publication
+            ),
+            Some("correct the tenant's tables first (the FAIL lines below)".into()),
+        ),
         None => report.push(
             CheckLevel::Warn,
             format!(
@@ -237,6 +254,7 @@ async fn run_checks(
             let missing: Vec<String> = tenant
                 .tables
                 .iter()
+                .filter(exists)
                 .filter(|t| !all && !published.contains(t))
                 .map(quote_table)
                 .collect();
@@ -269,6 +287,14 @@ async fn run_checks(
     }
 
     for table in &tenant.tables {
+        if let Some(missing) = absent.iter().find(|m| m.table == *table) {
+            report.push(
+                CheckLevel::Fail,
+                missing.describe(&tenant.pg.dbname),
+                Some("correct the name in the tenant's tables, or create the table".into()),
+            );
+            continue;
+        }
         let row = client
             .query_opt(
                 "select c.relreplident::text, \
