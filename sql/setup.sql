@@ -12,6 +12,12 @@ CREATE ROLE walcast WITH LOGIN REPLICATION PASSWORD 'change-me';
 GRANT USAGE ON SCHEMA public TO walcast;
 GRANT SELECT ON public.tasks, public.environments, public.deployments, public.audit_log TO walcast;
 
+--    For walcast (`walcast setup`, or `walcast run` on first start) to
+--    create the publication itself, the role must own the tables and have
+--    CREATE on the database (CREATE PUBLICATION needs it; owning the tables
+--    does not give it):
+--      GRANT CREATE ON DATABASE platform TO walcast;
+
 -- 3. The publication: the tables walcast streams (the tenant's `tables`).
 --    Default name: walcast_<tenant id>. publish_via_partition_root makes
 --    changes of a partitioned table carry its name rather than the name of

@@ -353,3 +353,42 @@ fn a_table_name_typo_gets_a_did_you_mean_and_is_left_out_of_the_sql() {
         "setup changed nothing"
     );
 }
+
+#[test]
+fn owning_the_tables_without_create_on_the_database_names_the_grant() {
+    let db = TenantDb::start();
+    db.sql(
+        "create role owner login replication; \
+         alter table tasks owner to owner; alter table environments owner to owner;",
+    );
+    let dir = TempDir::new("create-privilege");
+    let config = dir.write(
+        "walcast.toml",
+        &format!(
+            "[[tenants]]\nid = \"acme\"\nurl = \"postgres://owner@127.0.0.1:{}/platform\"\ntables = [\"tasks\", \"environments\"]\n",
+            db.pg.port()
+        ),
+    );
+    let grant = "GRANT CREATE ON DATABASE \"platform\" TO \"owner\";";
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  publication walcast_acme does not exist, and role owner may not create it: CREATE PUBLICATION needs the CREATE privilege on database platform"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("fix: {grant}")), "{stdout}");
+
+    let (status, _, stderr) = walcast_output(&config, &["setup"]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(grant) && !stderr.contains("owns the tables"),
+        "{stderr}"
+    );
+
+    db.sql("grant create on database platform to owner");
+    let (status, stdout, stderr) = walcast_output(&config, &["setup"]);
+    assert!(status.success(), "{stdout}\n{stderr}");
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert!(status.success(), "{stdout}");
+    assert!(!stdout.contains("WARN"), "{stdout}");
+}

@@ -5,7 +5,10 @@ use std::fmt;
 
 use tokio_postgres::Client;
 
-use super::setup::{missing_tables, published_tables, quote_ident, quote_table, slot_exists};
+use super::setup::{
+    grant_create_sql, may_create_in_database, missing_tables, published_tables, quote_ident,
+    quote_table, slot_exists,
+};
 use super::SourceError;
 use crate::config::TenantConfig;
 use crate::report::error_chain;
@@ -224,6 +227,7 @@ async fn run_checks(
         .filter(exists)
         .map(quote_table)
         .collect();
+    let may_create = all_tables.is_some() || may_create_in_database(client, tenant).await?;
     match all_tables {
         None if tables.is_empty() => report.push(
             CheckLevel::Warn,
@@ -232,6 +236,20 @@ async fn run_checks(
                 tenant.publication
             ),
             Some("correct the tenant's tables first (the FAIL lines below)".into()),
+        ),
+        // CREATE PUBLICATION needs the CREATE privilege on the database
+        // (besides owning the tables), which a role that owns the tables
+        // does not have by default; superusers have it.
+        None if !may_create => report.push(
+            CheckLevel::Fail,
+            format!(
+                "publication {} does not exist, and role {user} may not create it: CREATE PUBLICATION needs the CREATE privilege on database {}",
+                tenant.publication, tenant.pg.dbname
+            ),
+            Some(format!(
+                "{}  (as the database owner or a superuser), then `walcast setup`",
+                grant_create_sql(&tenant.pg.dbname, &user)
+            )),
         ),
         None => report.push(
             CheckLevel::Warn,

@@ -329,14 +329,58 @@ pub(crate) async fn slot_exists(
         .is_some())
 }
 
+/// Whether the session's role has the CREATE privilege on its database,
+/// which CREATE PUBLICATION needs (superusers always have it).
+pub(crate) async fn may_create_in_database(
+    client: &Client,
+    tenant: &TenantConfig,
+) -> Result<bool, SourceError> {
+    let row = client
+        .query_one(
+            "select has_database_privilege(current_user, current_database(), 'CREATE')",
+            &[],
+        )
+        .await
+        .map_err(query_err(tenant, "reading the database privileges"))?;
+    Ok(row.get(0))
+}
+
+/// `GRANT CREATE ON DATABASE "db" TO "role";`
+pub(crate) fn grant_create_sql(database: &str, role: &str) -> String {
+    format!(
+        "GRANT CREATE ON DATABASE {} TO {};",
+        quote_ident(database),
+        quote_ident(role)
+    )
+}
+
 /// Creates or extends the publication so that it covers the configured tables.
 pub async fn ensure_publication(client: &Client, tenant: &TenantConfig) -> Result<(), SourceError> {
     for action in setup_sql(client, tenant).await? {
         if action.sql.contains("PUBLICATION") {
-            client
-                .batch_execute(&action.sql)
-                .await
-                .map_err(|source| setup_failure(tenant, &action, source))?;
+            if let Err(source) = client.batch_execute(&action.sql).await {
+                let denied =
+                    source.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE);
+                // "permission denied for database": the role may own every
+                // table and still lack CREATE on the database.
+                if denied
+                    && action.sql.starts_with("CREATE")
+                    && !may_create_in_database(client, tenant).await.unwrap_or(true)
+                {
+                    return Err(SourceError::Setup {
+                        tenant: tenant.id.clone(),
+                        problem: format!(
+                            "{} and role {} may not create it: CREATE PUBLICATION needs the CREATE privilege on database {}",
+                            action.why, tenant.pg.user, tenant.pg.dbname
+                        ),
+                        fix: format!(
+                            "{}  (as the database owner or a superuser), then run `walcast setup` again",
+                            grant_create_sql(&tenant.pg.dbname, &tenant.pg.user)
+                        ),
+                    });
+                }
+                return Err(setup_failure(tenant, &action, source));
+            }
             let done = if action.sql.starts_with("CREATE") {
                 "created publication"
             } else {
