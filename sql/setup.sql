@@ -31,6 +31,8 @@ CREATE PUBLICATION walcast_acme FOR TABLE public.tasks, public.environments, pub
 --      SELECT pg_drop_replication_slot('walcast_acme');
 SELECT pg_create_logical_replication_slot('walcast_acme', 'pgoutput');
 
--- 5. pg_hba.conf must let walcast in for replication, for example:
---      host  replication  walcast  10.0.0.0/8  scram-sha-256
---      host  platform     walcast  10.0.0.0/8  scram-sha-256
+-- 5. pg_hba.conf must let walcast connect to the tenant's database, for
+--    example:
+--      host  platform  walcast  10.0.0.0/8  scram-sha-256
+--    Logical replication sessions match this database line like the regular
+--    connection; a `replication` line is for physical replication only.

@@ -257,7 +257,13 @@ fn replication_error(
             super::quote_ident(&tenant.pg.user)
         )
     } else if text.contains("no pg_hba.conf entry") {
-        "allow this host in pg_hba.conf with a `host replication <user> <address> scram-sha-256` line".to_string()
+        // A logical walsender is matched by the database name like any
+        // connection, not by the `replication` keyword (PostgreSQL docs,
+        // pg_hba.conf: "replication" ... physical replication connections).
+        format!(
+            "allow this host in pg_hba.conf with a `host {} {} <address> scram-sha-256` line (logical replication matches the database name, not `replication`)",
+            tenant.pg.dbname, tenant.pg.user
+        )
     } else if what == "connect"
         && matches!(
             source,
@@ -325,5 +331,18 @@ mod tests {
             PgWireError::Protocol("empty CopyData payload".into()),
         ));
         assert!(!text.contains("not a PostgreSQL server"), "{text}");
+    }
+
+    #[test]
+    fn pg_hba_hint_names_the_database_not_replication() {
+        let text = crate::report::error_chain(&replication_error(
+            &tenant(),
+            "connect",
+            PgWireError::Server("no pg_hba.conf entry for replication connection from host \"10.0.0.5\", user \"walcast\", no encryption (SQLSTATE 28000)".into()),
+        ));
+        assert!(
+            text.contains("`host platform walcast <address> scram-sha-256`"),
+            "{text}"
+        );
     }
 }
