@@ -12,6 +12,12 @@ CREATE ROLE walcast WITH LOGIN REPLICATION PASSWORD 'change-me';
 GRANT USAGE ON SCHEMA public TO walcast;
 GRANT SELECT ON public.tasks, public.environments, public.deployments, public.audit_log TO walcast;
 
+--    For walcast (`walcast setup`, or `walcast run` on first start) to
+--    create the publication itself, the role must own the tables and have
+--    CREATE on the database (CREATE PUBLICATION needs it; owning the tables
+--    does not give it):
+--      GRANT CREATE ON DATABASE platform TO walcast;
+
 -- 3. The publication: the tables walcast streams (the tenant's `tables`).
 --    Default name: walcast_<tenant id>. publish_via_partition_root makes
 --    changes of a partitioned table carry its name rather than the name of
@@ -25,6 +31,8 @@ CREATE PUBLICATION walcast_acme FOR TABLE public.tasks, public.environments, pub
 --      SELECT pg_drop_replication_slot('walcast_acme');
 SELECT pg_create_logical_replication_slot('walcast_acme', 'pgoutput');
 
--- 5. pg_hba.conf must let walcast in for replication, for example:
---      host  replication  walcast  10.0.0.0/8  scram-sha-256
---      host  platform     walcast  10.0.0.0/8  scram-sha-256
+-- 5. pg_hba.conf must let walcast connect to the tenant's database, for
+--    example:
+--      host  platform  walcast  10.0.0.0/8  scram-sha-256
+--    Logical replication sessions match this database line like the regular
+--    connection; a `replication` line is for physical replication only.

@@ -58,11 +58,30 @@ pub async fn setup(
     tenant: Option<&str>,
     dry_run: bool,
 ) -> Result<ExitCode, AppError> {
-    let mut failed = 0;
-    for tenant in selected(config, tenant)? {
-        failed += report(setup_one(tenant, dry_run).await);
+    let tenants = selected(config, tenant)?;
+    // Every tenant is tried: one that fails (down, missing grant) does not
+    // keep the others from being set up.
+    let mut failed = Vec::new();
+    for tenant in &tenants {
+        println!("-- tenant {} ({})", tenant.id, tenant.pg);
+        if report(setup_one(tenant, dry_run).await) > 0 {
+            println!("-- FAILED (the reason is on standard error)");
+            failed.push(tenant.id.to_string());
+        }
     }
-    Ok(exit_code(failed))
+    if failed.is_empty() && dry_run {
+        println!("-- dry run: nothing was changed");
+    } else if failed.is_empty() {
+        println!("-- all {} tenant(s) set up", tenants.len());
+    } else {
+        println!(
+            "-- {} of {} tenant(s) failed: {}",
+            failed.len(),
+            tenants.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(exit_code(failed.len()))
 }
 
 /// Prints a tenant's failure (the whole chain, one line); 1 if it failed.
@@ -87,7 +106,6 @@ fn exit_code(failed: usize) -> ExitCode {
 async fn setup_one(tenant: &TenantConfig, dry_run: bool) -> Result<(), SourceError> {
     let client = source::connect(tenant, "walcast setup").await?;
     let actions = source::setup_sql(&client, tenant).await?;
-    println!("-- tenant {} ({})", tenant.id, tenant.pg);
     if actions.is_empty() {
         println!(
             "-- nothing to do: publication {} and slot {} exist",

@@ -20,8 +20,48 @@ fn check_on_wal_level_replica_exits_1_and_names_the_fix() {
         stdout.contains("ALTER SYSTEM SET wal_level = logical;"),
         "{stdout}"
     );
+    // What `walcast run` creates is a warning, publication and slot alike.
     assert!(
-        stdout.contains("FAIL  publication walcast_acme does not exist"),
+        stdout.contains("WARN  publication walcast_acme does not exist yet: `walcast run` creates it (or run `walcast setup`)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("WARN  slot walcast_acme does not exist yet (")
+            && stdout
+                .contains("slots are free): `walcast run` creates it (or run `walcast setup`)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("FAIL  publication"), "{stdout}");
+}
+
+#[test]
+fn check_warns_of_what_run_creates_and_exits_0() {
+    let db = TenantDb::start();
+    let dir = TempDir::new("check-missing");
+    let config = dir.write("walcast.toml", &db.tenant_toml("acme"));
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert!(
+        status.success(),
+        "missing publication and slot do not block: {stdout}"
+    );
+    assert!(
+        stdout.contains("WARN  publication walcast_acme does not exist yet")
+            && stdout.contains("WARN  slot walcast_acme does not exist yet"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("by hand: CREATE PUBLICATION \"walcast_acme\" FOR TABLE \"public\".\"tasks\", \"public\".\"environments\""),
+        "{stdout}"
+    );
+
+    // A publication that misses a table: also a warning (run adds it).
+    db.sql("create publication walcast_acme for table tasks");
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert!(status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "WARN  publication walcast_acme does not cover \"public\".\"environments\" yet"
+        ),
         "{stdout}"
     );
 }
@@ -128,8 +168,22 @@ fn config_errors_point_at_the_line() {
     let missing = dir.0.join("nope.toml");
     let (status, _, stderr) = walcast_output(&missing, &["run"]);
     assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "walcast: cannot read config file {}: No such file or directory; pass --config PATH (or set WALCAST_CONFIG), or create it (config.example.toml shows every key)",
+            missing.display()
+        ),
+        "one line, the cause said once"
+    );
+
+    // A directory is not a config file either.
+    let (status, _, stderr) = walcast_output(&dir.0, &["check"]);
+    assert_eq!(status.code(), Some(1));
     assert!(
-        stderr.contains("could not read config file") && stderr.contains("WALCAST_CONFIG"),
+        stderr.contains("cannot read config file")
+            && stderr.matches("directory").count() == 1
+            && !stderr.contains("os error"),
         "{stderr}"
     );
 
@@ -176,4 +230,165 @@ fn missing_replication_privilege_names_the_grant() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+#[test]
+fn setup_goes_on_after_a_failing_tenant_and_exits_1() {
+    let db = TenantDb::start();
+    let dir = TempDir::new("setup-partial");
+    let port = walcast::localdev::free_port().unwrap();
+    let config = dir.write(
+        "walcast.toml",
+        &format!(
+            "[[tenants]]\nid = \"down\"\nurl = \"postgres://postgres@127.0.0.1:{port}/platform\"\ntables = [\"tasks\"]\n{}",
+            db.tenant_toml("acme")
+        ),
+    );
+    let (status, stdout, stderr) = walcast_output(&config, &["setup"]);
+    assert_eq!(status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("walcast: tenant down: could not connect"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stdout.matches("-- done").count(),
+        1,
+        "only the reachable tenant is done: {stdout}"
+    );
+    assert!(
+        stdout.contains("-- 1 of 2 tenant(s) failed: down"),
+        "{stdout}"
+    );
+    assert_eq!(
+        db.sql("select count(*) from pg_publication where pubname = 'walcast_acme'")
+            .trim(),
+        "1",
+        "the tenant after the failing one was set up"
+    );
+}
+
+/// A TCP port that answers like an HTTP server whatever it is sent.
+fn http_like_listener() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = [0u8; 1024];
+            // Read the client's first bytes (the startup message), so that
+            // closing does not reset the connection before it reads ours.
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    port
+}
+
+#[test]
+fn a_port_that_is_not_postgres_is_named_as_such() {
+    let port = http_like_listener();
+    let dir = TempDir::new("not-postgres");
+    let config = dir.write(
+        "walcast.toml",
+        &format!(
+            "[[tenants]]\nid = \"web\"\nurl = \"postgres://walcast@127.0.0.1:{port}/platform\"\ntables = [\"tasks\"]\n"
+        ),
+    );
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "postgres://walcast@127.0.0.1:{port}/platform is not a PostgreSQL server (it answered with something else); check the port in the tenant's url"
+        )),
+        "{stdout}"
+    );
+
+    let (status, stdout, stderr) = walcast_output(&config, &["setup"]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stderr.contains("tenant web: ") && stderr.contains("is not a PostgreSQL server"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_table_name_typo_gets_a_did_you_mean_and_is_left_out_of_the_sql() {
+    let db = TenantDb::start();
+    let dir = TempDir::new("typo");
+    let config = dir.write(
+        "walcast.toml",
+        &format!(
+            "[[tenants]]\nid = \"acme\"\nurl = \"{}\"\ntables = [\"tasks\", \"enviroments\"]\n",
+            db.url()
+        ),
+    );
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  table public.enviroments does not exist in database platform; did you mean public.environments?"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "by hand: CREATE PUBLICATION \"walcast_acme\" FOR TABLE \"public\".\"tasks\" WITH"
+        ),
+        "the suggested SQL leaves the missing table out: {stdout}"
+    );
+
+    for args in [&["setup", "--dry-run"][..], &["setup"][..]] {
+        let (status, stdout, stderr) = walcast_output(&config, args);
+        assert_eq!(status.code(), Some(1), "{args:?}: {stdout}");
+        assert!(
+            stderr.contains("walcast: tenant acme: table public.enviroments does not exist in database platform; did you mean public.environments?; correct the name in the tenant's tables"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stdout.contains("CREATE PUBLICATION"), "{args:?}: {stdout}");
+    }
+    assert_eq!(
+        db.sql("select count(*) from pg_publication").trim(),
+        "0",
+        "setup changed nothing"
+    );
+}
+
+#[test]
+fn owning_the_tables_without_create_on_the_database_names_the_grant() {
+    let db = TenantDb::start();
+    db.sql(
+        "create role owner login replication; \
+         alter table tasks owner to owner; alter table environments owner to owner;",
+    );
+    let dir = TempDir::new("create-privilege");
+    let config = dir.write(
+        "walcast.toml",
+        &format!(
+            "[[tenants]]\nid = \"acme\"\nurl = \"postgres://owner@127.0.0.1:{}/platform\"\ntables = [\"tasks\", \"environments\"]\n",
+            db.pg.port()
+        ),
+    );
+    let grant = "GRANT CREATE ON DATABASE \"platform\" TO \"owner\";";
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  publication walcast_acme does not exist, and role owner may not create it: CREATE PUBLICATION needs the CREATE privilege on database platform"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("fix: {grant}")), "{stdout}");
+
+    let (status, _, stderr) = walcast_output(&config, &["setup"]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(grant) && !stderr.contains("owns the tables"),
+        "{stderr}"
+    );
+
+    db.sql("grant create on database platform to owner");
+    let (status, stdout, stderr) = walcast_output(&config, &["setup"]);
+    assert!(status.success(), "{stdout}\n{stderr}");
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert!(status.success(), "{stdout}");
+    assert!(!stdout.contains("WARN"), "{stdout}");
 }

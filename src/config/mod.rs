@@ -136,11 +136,16 @@ pub const DEFAULT_READY_GRACE_SECS: u64 = 30;
 /// A configuration that cannot be used, with where and how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("could not read config file {path}: {source}; pass --config FILE or set WALCAST_CONFIG to a readable file (config.example.toml shows every key)")]
+    /// The message says the cause in words (without the `os error` number),
+    /// so `cause` is not a `#[source]`: the error chain would say it twice.
+    #[error(
+        "cannot read config file {path}: {}; {}",
+        io_reason(cause),
+        read_fix(cause)
+    )]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}")]
     Invalid {
@@ -149,6 +154,28 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
+}
+
+/// An I/O error's text without the " (os error N)" that std appends.
+fn io_reason(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    match text.rsplit_once(" (os error ") {
+        Some((reason, _)) => reason.to_owned(),
+        None => text,
+    }
+}
+
+/// What to do when the config file cannot be read.
+fn read_fix(err: &std::io::Error) -> &'static str {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => {
+            "pass --config PATH (or set WALCAST_CONFIG), or create it (config.example.toml shows every key)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "make it readable by the user walcast runs as, or pass --config PATH"
+        }
+        _ => "pass --config PATH (or set WALCAST_CONFIG) naming a readable TOML file (config.example.toml shows every key)",
+    }
 }
 
 /// The file as written (before validation).
@@ -275,9 +302,9 @@ pub(crate) struct RawTenant {
 
 /// Reads and validates the configuration file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     parse(path, &text, &|name| std::env::var(name).ok())
 }

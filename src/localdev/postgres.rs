@@ -349,14 +349,15 @@ impl LocalPostgres {
         } else {
             "trust"
         };
+        // No `replication` lines: walcast's logical replication sessions
+        // match `all` (the database name) like its regular connections, so
+        // every test also proves the pg_hba.conf that docs/configuration.md
+        // asks for is enough.
         let hba = format!(
             "# written by walcast localdev\n\
              local all all trust\n\
-             local replication all trust\n\
              host all all 127.0.0.1/32 {method}\n\
-             host replication all 127.0.0.1/32 {method}\n\
-             host all all ::1/128 {method}\n\
-             host replication all ::1/128 {method}\n"
+             host all all ::1/128 {method}\n"
         );
         let path = self.data_dir.join("pg_hba.conf");
         // Overwriting keeps initdb's owner and mode, so the server can read it.

@@ -5,10 +5,17 @@ use std::fmt;
 
 use tokio_postgres::Client;
 
-use super::setup::{published_tables, quote_ident, quote_table, slot_exists};
+use super::setup::{
+    grant_create_sql, may_create_in_database, missing_tables, published_tables, quote_ident,
+    quote_table, slot_exists,
+};
 use super::SourceError;
 use crate::config::{PgHost, SslMode, TenantConfig};
 use crate::report::error_chain;
+
+/// What check says of a publication or slot that is missing: neither blocks,
+/// `walcast run` (and `tail` on the tenant's slot) creates both on start.
+const CREATED_BY_RUN: &str = "`walcast run` creates it (or run `walcast setup`)";
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +89,7 @@ pub async fn check_tenant(tenant: &TenantConfig) -> CheckReport {
             // A TLS failure and a timeout carry their own fix.
             let fix = match err {
                 SourceError::Tls { .. } | SourceError::Timeout { .. } => None,
+                SourceError::NotPostgres { .. } => Some("put the PostgreSQL server's port in the tenant's url (5432 unless the server sets another)".into()),
                 _ => Some("check that the server is running and that host, port, user, password and database in the tenant's url are right (and that pg_hba.conf lets this host in)".into()),
             };
             report.push(
@@ -236,13 +244,16 @@ async fn run_checks(
         report.push(CheckLevel::Ok, format!("slot {} exists", tenant.slot), None);
     } else if used_slots < max_slots {
         report.push(
-            CheckLevel::Ok,
+            CheckLevel::Warn,
             format!(
-                "slot {} does not exist yet and {} of {max_slots} slots are free (walcast setup or run creates it)",
+                "slot {} does not exist yet ({} of {max_slots} slots are free): {CREATED_BY_RUN}",
                 tenant.slot,
                 max_slots - used_slots
             ),
-            None,
+            Some(format!(
+                "by hand: SELECT pg_create_logical_replication_slot('{}', 'pgoutput');",
+                tenant.slot
+            )),
         );
     } else {
         report.push(
@@ -284,13 +295,48 @@ async fn run_checks(
         .await
         .map_err(q("reading pg_publication"))?
         .map(|r| r.get::<_, bool>(0));
-    let tables: Vec<String> = tenant.tables.iter().map(quote_table).collect();
+    // A table that does not exist cannot be published: the statements
+    // suggested here leave it out (it has its own FAIL line below).
+    let absent = missing_tables(client, tenant).await?;
+    let exists = |t: &&crate::model::TableName| !absent.iter().any(|m| m.table == **t);
+    let tables: Vec<String> = tenant
+        .tables
+        .iter()
+        .filter(exists)
+        .map(quote_table)
+        .collect();
+    let may_create = all_tables.is_some() || may_create_in_database(client, tenant).await?;
     match all_tables {
-        None => report.push(
+        None if tables.is_empty() => report.push(
+            CheckLevel::Warn,
+            format!(
+                "publication {} does not exist yet, and none of the tenant's tables exists",
+                tenant.publication
+            ),
+            Some("correct the tenant's tables first (the FAIL lines below)".into()),
+        ),
+        // CREATE PUBLICATION needs the CREATE privilege on the database
+        // (besides owning the tables), which a role that owns the tables
+        // does not have by default; superusers have it.
+        None if !may_create => report.push(
             CheckLevel::Fail,
-            format!("publication {} does not exist", tenant.publication),
+            format!(
+                "publication {} does not exist, and role {user} may not create it: CREATE PUBLICATION needs the CREATE privilege on database {}",
+                tenant.publication, tenant.pg.dbname
+            ),
             Some(format!(
-                "walcast setup  (or by hand: CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true);)",
+                "{}  (as the database owner or a superuser), then `walcast setup`",
+                grant_create_sql(&tenant.pg.dbname, &user)
+            )),
+        ),
+        None => report.push(
+            CheckLevel::Warn,
+            format!(
+                "publication {} does not exist yet: {CREATED_BY_RUN}",
+                tenant.publication
+            ),
+            Some(format!(
+                "by hand: CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true);",
                 quote_ident(&tenant.publication),
                 tables.join(", ")
             )),
@@ -304,6 +350,7 @@ async fn run_checks(
             let missing: Vec<String> = tenant
                 .tables
                 .iter()
+                .filter(exists)
                 .filter(|t| !all && !published.contains(t))
                 .map(quote_table)
                 .collect();
@@ -319,14 +366,14 @@ async fn run_checks(
                 );
             } else {
                 report.push(
-                    CheckLevel::Fail,
+                    CheckLevel::Warn,
                     format!(
-                        "publication {} does not cover {}",
+                        "publication {} does not cover {} yet: `walcast run` adds them (or run `walcast setup`)",
                         tenant.publication,
                         missing.join(", ")
                     ),
                     Some(format!(
-                        "walcast setup  (or by hand: ALTER PUBLICATION {} ADD TABLE {};)",
+                        "by hand: ALTER PUBLICATION {} ADD TABLE {};",
                         quote_ident(&tenant.publication),
                         missing.join(", ")
                     )),
@@ -336,6 +383,14 @@ async fn run_checks(
     }
 
     for table in &tenant.tables {
+        if let Some(missing) = absent.iter().find(|m| m.table == *table) {
+            report.push(
+                CheckLevel::Fail,
+                missing.describe(&tenant.pg.dbname),
+                Some("correct the name in the tenant's tables, or create the table".into()),
+            );
+            continue;
+        }
         let row = client
             .query_opt(
                 "select c.relreplident::text, \

@@ -32,6 +32,15 @@ pub enum SourceError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// Something answered at the url's host and port, but not in the
+    /// PostgreSQL protocol (a Redis or HTTP server on that port, say).
+    #[error("tenant {tenant}: {target} is not a PostgreSQL server (it answered with something else); check the port in the tenant's url")]
+    NotPostgres {
+        tenant: TenantId,
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("tenant {tenant}: no answer from {target} within {} s while {what} (check that host and port are the Postgres server's and that no firewall drops the traffic; on a slow network raise connect_timeout in the url, like ?connect_timeout=30)", after.as_secs())]
     Timeout {
         tenant: TenantId,
@@ -83,7 +92,7 @@ impl SourceError {
                     None => true,
                 }
             }
-            SourceError::Setup { .. } => false,
+            SourceError::Setup { .. } | SourceError::NotPostgres { .. } => false,
             SourceError::Timeout { .. } => true,
             SourceError::Tls { .. } => false,
             SourceError::Replication { source, .. } => match source {

@@ -301,7 +301,25 @@ fn replication_error(
             super::quote_ident(&tenant.pg.user)
         )
     } else if text.contains("no pg_hba.conf entry") {
-        "allow this host in pg_hba.conf with a `host replication <user> <address> scram-sha-256` line".to_string()
+        // A logical walsender is matched by the database name like any
+        // connection, not by the `replication` keyword (PostgreSQL docs,
+        // pg_hba.conf: "replication" ... physical replication connections).
+        format!(
+            "allow this host in pg_hba.conf with a `host {} {} <address> scram-sha-256` line (logical replication matches the database name, not `replication`)",
+            tenant.pg.dbname, tenant.pg.user
+        )
+    } else if what == "connect"
+        && matches!(
+            source,
+            PgWireError::Protocol(_) | PgWireError::MessageTooLarge { .. }
+        )
+    {
+        // Garbage where the startup answer should be: an HTTP or Redis reply
+        // read as a message tag and length.
+        format!(
+            "{} is not a PostgreSQL server (it answered with something else); check the port in the tenant's url",
+            tenant.pg
+        )
     } else if source.is_io() {
         "check that the server is running and reachable at the url's host and port".to_string()
     } else {
@@ -317,5 +335,58 @@ fn replication_error(
         what,
         hint,
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant() -> TenantConfig {
+        let text = "[[tenants]]\nid = \"acme\"\nurl = \"postgres://walcast@127.0.0.1:6379/platform\"\ntables = [\"tasks\"]\n";
+        crate::config::parse(std::path::Path::new("walcast.toml"), text, &|_| None)
+            .expect("valid config")
+            .tenants
+            .remove(0)
+    }
+
+    #[test]
+    fn garbage_on_connect_says_the_port_is_not_postgres() {
+        let tenant = tenant();
+        for source in [
+            PgWireError::Protocol("unexpected message type 'H'".into()),
+            PgWireError::MessageTooLarge {
+                payload_bytes: 1_414_811_695,
+                limit_bytes: 1 << 30,
+            },
+        ] {
+            let text = crate::report::error_chain(&replication_error(&tenant, "connect", source));
+            assert!(
+                text.contains("127.0.0.1:6379")
+                    && text.contains("is not a PostgreSQL server")
+                    && text.contains("check the port in the tenant's url"),
+                "{text}"
+            );
+        }
+        // Mid-stream, a protocol error is not about the port.
+        let text = crate::report::error_chain(&replication_error(
+            &tenant,
+            "stream",
+            PgWireError::Protocol("empty CopyData payload".into()),
+        ));
+        assert!(!text.contains("not a PostgreSQL server"), "{text}");
+    }
+
+    #[test]
+    fn pg_hba_hint_names_the_database_not_replication() {
+        let text = crate::report::error_chain(&replication_error(
+            &tenant(),
+            "connect",
+            PgWireError::Server("no pg_hba.conf entry for replication connection from host \"10.0.0.5\", user \"walcast\", no encryption (SQLSTATE 28000)".into()),
+        ));
+        assert!(
+            text.contains("`host platform walcast <address> scram-sha-256`"),
+            "{text}"
+        );
     }
 }

@@ -95,6 +95,11 @@ fn connect_error(tenant: &TenantConfig, source: tokio_postgres::Error) -> Source
             reason,
             fix,
         },
+        None if answered_not_postgres(&source) => SourceError::NotPostgres {
+            tenant: tenant.id.clone(),
+            target: tenant.pg.to_string(),
+            source,
+        },
         None => SourceError::Connect {
             tenant: tenant.id.clone(),
             target: tenant.pg.to_string(),
@@ -109,6 +114,27 @@ fn refused_without_tls(err: &tokio_postgres::Error) -> bool {
         db.code() == &tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
             && db.message().contains("no encryption")
     })
+}
+
+/// Whether a failed connection attempt got an answer that is not the
+/// PostgreSQL protocol. tokio-postgres has no public error kind for it; its
+/// text is one of: the codec saw the stream end inside a frame whose length
+/// was garbage ("bytes remaining on stream": an HTTP or Redis reply read as a
+/// length), a message type Postgres does not send, or a frame it could not
+/// parse. A server error (`DbError`) is Postgres speaking.
+fn answered_not_postgres(err: &tokio_postgres::Error) -> bool {
+    if err.as_db_error().is_some() {
+        return false;
+    }
+    let text = crate::report::error_chain(err);
+    [
+        "bytes remaining on stream",
+        "unexpected message from server",
+        "error parsing response from server",
+        "unknown message tag",
+    ]
+    .iter()
+    .any(|sign| text.contains(sign))
 }
 
 /// `"name"` with inner quotes doubled.
@@ -145,12 +171,135 @@ fn query_err(
     }
 }
 
+/// A configured table that the tenant's database does not have, with the
+/// existing tables whose names are closest (a typo, another schema).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingTable {
+    pub table: TableName,
+    pub similar: Vec<TableName>,
+}
+
+impl MissingTable {
+    /// "table public.taks does not exist in database platform; did you mean public.tasks?"
+    pub fn describe(&self, database: &str) -> String {
+        let names: Vec<String> = self.similar.iter().map(ToString::to_string).collect();
+        match names.as_slice() {
+            [] => format!(
+                "table {} does not exist in database {database} (and no table has a similar name)",
+                self.table
+            ),
+            [one] => format!(
+                "table {} does not exist in database {database}; did you mean {one}?",
+                self.table
+            ),
+            more => format!(
+                "table {} does not exist in database {database}; did you mean one of {}?",
+                self.table,
+                more.join(", ")
+            ),
+        }
+    }
+}
+
+/// Suggestions offered for a missing table at most.
+const MAX_SUGGESTIONS: usize = 3;
+
+/// The configured tables that do not exist in the tenant's database.
+pub(crate) async fn missing_tables(
+    client: &Client,
+    tenant: &TenantConfig,
+) -> Result<Vec<MissingTable>, SourceError> {
+    // pg_tables lists ordinary and partitioned tables, the kinds a
+    // publication takes, whatever the role may read.
+    let rows = client
+        .query(
+            "select schemaname::text, tablename::text from pg_tables \
+             where schemaname not in ('pg_catalog', 'information_schema')",
+            &[],
+        )
+        .await
+        .map_err(query_err(tenant, "reading pg_tables"))?;
+    let existing: Vec<TableName> = rows
+        .iter()
+        .map(|r| TableName::new(r.get::<_, &str>(0), r.get::<_, &str>(1)))
+        .collect();
+    Ok(tenant
+        .tables
+        .iter()
+        .filter(|t| !existing.contains(t))
+        .map(|t| MissingTable {
+            table: t.clone(),
+            similar: similar_tables(t, &existing),
+        })
+        .collect())
+}
+
+/// The existing tables closest to `wanted` by edit distance on
+/// `schema.table`, nearest first; a table of the same name in another schema
+/// counts as one edit. Only names within about a third of the length.
+fn similar_tables(wanted: &TableName, existing: &[TableName]) -> Vec<TableName> {
+    let target = wanted.to_string();
+    let limit = (target.chars().count() / 3).max(2);
+    let mut scored: Vec<(usize, &TableName)> = existing
+        .iter()
+        .map(|t| {
+            let distance = if t.name == wanted.name {
+                1
+            } else {
+                edit_distance(&target, &t.to_string())
+            };
+            (distance, t)
+        })
+        .filter(|(d, _)| *d <= limit)
+        .collect();
+    scored.sort();
+    scored
+        .into_iter()
+        .take(MAX_SUGGESTIONS)
+        .map(|(_, t)| t.clone())
+        .collect()
+}
+
+/// Levenshtein distance over characters, ignoring case (Postgres folds
+/// unquoted names to lower case, a configured `Tasks` is a typo for `tasks`).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.to_lowercase().chars().collect();
+    let b: Vec<char> = b.to_lowercase().chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        current[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
+}
+
 /// The statements that bring publication and slot to what the config says,
-/// given what exists now. Empty when nothing is missing.
+/// given what exists now. Empty when nothing is missing. A configured table
+/// that does not exist is an error naming it (and what it may be a typo of):
+/// no statement could add it to the publication.
 pub async fn setup_sql(
     client: &Client,
     tenant: &TenantConfig,
 ) -> Result<Vec<SetupAction>, SourceError> {
+    let missing = missing_tables(client, tenant).await?;
+    if !missing.is_empty() {
+        let problems: Vec<String> = missing
+            .iter()
+            .map(|m| m.describe(&tenant.pg.dbname))
+            .collect();
+        return Err(SourceError::Setup {
+            tenant: tenant.id.clone(),
+            problem: problems.join("; "),
+            fix:
+                "correct the name in the tenant's tables (or create the table); nothing was changed"
+                    .into(),
+        });
+    }
     let mut actions = Vec::new();
     let publication = client
         .query_opt(
@@ -252,14 +401,58 @@ pub(crate) async fn slot_exists(
         .is_some())
 }
 
+/// Whether the session's role has the CREATE privilege on its database,
+/// which CREATE PUBLICATION needs (superusers always have it).
+pub(crate) async fn may_create_in_database(
+    client: &Client,
+    tenant: &TenantConfig,
+) -> Result<bool, SourceError> {
+    let row = client
+        .query_one(
+            "select has_database_privilege(current_user, current_database(), 'CREATE')",
+            &[],
+        )
+        .await
+        .map_err(query_err(tenant, "reading the database privileges"))?;
+    Ok(row.get(0))
+}
+
+/// `GRANT CREATE ON DATABASE "db" TO "role";`
+pub(crate) fn grant_create_sql(database: &str, role: &str) -> String {
+    format!(
+        "GRANT CREATE ON DATABASE {} TO {};",
+        quote_ident(database),
+        quote_ident(role)
+    )
+}
+
 /// Creates or extends the publication so that it covers the configured tables.
 pub async fn ensure_publication(client: &Client, tenant: &TenantConfig) -> Result<(), SourceError> {
     for action in setup_sql(client, tenant).await? {
         if action.sql.contains("PUBLICATION") {
-            client
-                .batch_execute(&action.sql)
-                .await
-                .map_err(|source| setup_failure(tenant, &action, source))?;
+            if let Err(source) = client.batch_execute(&action.sql).await {
+                let denied =
+                    source.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE);
+                // "permission denied for database": the role may own every
+                // table and still lack CREATE on the database.
+                if denied
+                    && action.sql.starts_with("CREATE")
+                    && !may_create_in_database(client, tenant).await.unwrap_or(true)
+                {
+                    return Err(SourceError::Setup {
+                        tenant: tenant.id.clone(),
+                        problem: format!(
+                            "{} and role {} may not create it: CREATE PUBLICATION needs the CREATE privilege on database {}",
+                            action.why, tenant.pg.user, tenant.pg.dbname
+                        ),
+                        fix: format!(
+                            "{}  (as the database owner or a superuser), then run `walcast setup` again",
+                            grant_create_sql(&tenant.pg.dbname, &tenant.pg.user)
+                        ),
+                    });
+                }
+                return Err(setup_failure(tenant, &action, source));
+            }
             let done = if action.sql.starts_with("CREATE") {
                 "created publication"
             } else {
@@ -364,4 +557,38 @@ pub async fn drop_slot(client: &Client, tenant: &TenantConfig) -> Result<(), Sou
         .await
         .map_err(query_err(tenant, "dropping the replication slot"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distance_counts_single_character_edits() {
+        assert_eq!(edit_distance("public.tasks", "public.tasks"), 0);
+        assert_eq!(edit_distance("public.taks", "public.tasks"), 1);
+        assert_eq!(edit_distance("public.Tasks", "public.tasks"), 0);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+
+    #[test]
+    fn similar_tables_are_the_nearest_few() {
+        let existing = [
+            TableName::new("public", "tasks"),
+            TableName::new("public", "task_log"),
+            TableName::new("app", "environments"),
+            TableName::new("public", "audit_log"),
+        ];
+        assert_eq!(
+            similar_tables(&TableName::new("public", "taks"), &existing),
+            vec![TableName::new("public", "tasks")]
+        );
+        // The same name in another schema.
+        assert_eq!(
+            similar_tables(&TableName::new("public", "environments"), &existing),
+            vec![TableName::new("app", "environments")]
+        );
+        assert!(similar_tables(&TableName::new("public", "invoices"), &existing).is_empty());
+    }
 }
