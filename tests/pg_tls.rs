@@ -179,7 +179,7 @@ fn a_certificate_that_does_not_verify_is_a_definite_error_naming_the_reason() {
             "localhost",
             "postgres",
             "sslmode=disable",
-            "takes this user only over TLS (pg_hba.conf hostssl) and sslmode=disable",
+            "no entry for a plain connection of this user and sslmode=disable kept TLS off",
             "sslmode=verify-full",
         ),
         (

@@ -257,6 +257,7 @@ fn replication_error(
     let tls_problem = super::tls::explain_failure(&text, tenant).or_else(|| {
         (text.contains("no pg_hba.conf entry") && text.contains("no encryption"))
             .then(|| super::tls::plain_refused(tenant))
+            .flatten()
     });
     if let Some((reason, fix)) = tls_problem {
         return SourceError::Tls {

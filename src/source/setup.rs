@@ -86,8 +86,11 @@ where
 
 fn connect_error(tenant: &TenantConfig, source: tokio_postgres::Error) -> SourceError {
     let text = crate::report::error_chain(&source);
-    let tls_problem = super::tls::explain_failure(&text, tenant)
-        .or_else(|| refused_without_tls(&source).then(|| super::tls::plain_refused(tenant)));
+    let tls_problem = super::tls::explain_failure(&text, tenant).or_else(|| {
+        refused_without_tls(&source)
+            .then(|| super::tls::plain_refused(tenant))
+            .flatten()
+    });
     match tls_problem {
         Some((reason, fix)) => SourceError::Tls {
             tenant: tenant.id.clone(),

@@ -298,16 +298,24 @@ pub fn explain_failure(text: &str, tenant: &TenantConfig) -> Option<Problem> {
     }
 }
 
-/// The server turned a plain connection away (pg_hba.conf: `hostssl`
-/// only, "no encryption").
-pub fn plain_refused(tenant: &TenantConfig) -> Problem {
-    (
-        format!(
-            "the server takes this user only over TLS (pg_hba.conf hostssl) and sslmode={} connected without it",
-            tenant.pg.tls.mode.as_str()
-        ),
-        "use sslmode=verify-full (with sslrootcert=PATH for a private CA) or sslmode=require".into(),
-    )
+/// The server turned a plain connection away ("no pg_hba.conf entry …, no
+/// encryption") while `sslmode` kept TLS off: it may take the user only over
+/// TLS (`hostssl`). `None` under other modes, where the same words mean
+/// pg_hba.conf has no line for this host at all.
+pub fn plain_refused(tenant: &TenantConfig) -> Option<Problem> {
+    let mode = tenant.pg.tls.mode;
+    matches!(mode, SslMode::Disable | SslMode::Allow).then(|| {
+        (
+            format!(
+                "pg_hba.conf has no entry for a plain connection of this user and sslmode={} kept TLS off: the server may take it only over TLS (hostssl)",
+                mode.as_str()
+            ),
+            format!(
+                "use sslmode=verify-full (with sslrootcert=PATH for a private CA) or sslmode=require, or add a `host {} {} <address> scram-sha-256` line to pg_hba.conf",
+                tenant.pg.dbname, tenant.pg.user
+            ),
+        )
+    })
 }
 
 /// pgwire-replication's TLS settings around walcast's rustls configuration.
