@@ -1,5 +1,5 @@
 //! Whether json/jsonb text is one well-formed JSON value, so that it can be
-//! embedded in the event as it is.
+//! embedded in the event as it is, and that value's text on one line.
 //!
 //! Postgres only sends valid JSON for these types, but a corrupted stream
 //! (found by fuzzing, `fuzz_regressions.rs`) must never put invalid JSON into
@@ -16,6 +16,19 @@
 //! too); nesting has no depth limit, and takes no stack either.
 
 use crate::model::escape_flags;
+
+/// Well-formed JSON `text` with its line breaks and tabs made spaces, so
+/// that an event stays one line (a `json` column keeps its input's layout,
+/// `'{\n "a": 1\n}'`). In well-formed JSON these bytes can only be
+/// whitespace between tokens (inside strings they must be escaped), where a
+/// space means the same: the value is unchanged.
+pub(crate) fn one_line(text: &str) -> String {
+    if text.bytes().any(|b| matches!(b, b'\n' | b'\r' | b'\t')) {
+        text.replace(['\n', '\r', '\t'], " ")
+    } else {
+        text.to_owned()
+    }
+}
 
 /// Whether `text` is one JSON value, with nothing but whitespace around it.
 pub(crate) fn is_json(text: &str) -> bool {
@@ -262,6 +275,19 @@ mod tests {
     #[track_caller]
     fn same(text: &str) {
         assert_eq!(is_json(text), serde_says(text), "{text:?}");
+    }
+
+    #[test]
+    fn one_line_keeps_the_value_and_drops_the_line_breaks() {
+        // A json column's text as pgoutput sends it for
+        // '{\n "pretty": 1,\r\n\t"s": "a\\nb"\n}'::json.
+        let text = "{\n \"pretty\": 1,\r\n\t\"s\": \"a\\nb\"\n}";
+        assert!(is_json(text));
+        let line = one_line(text);
+        assert!(!line.contains(['\n', '\r', '\t']), "{line:?}");
+        let parsed = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        assert_eq!(parsed(&line), parsed(text));
+        assert_eq!(parsed(&line)["s"], "a\nb");
     }
 
     #[test]

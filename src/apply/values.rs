@@ -12,7 +12,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::json::is_json;
+use super::json::{is_json, one_line};
 use crate::model::{base64_encode, civil_from_days, Datum, TypeShape};
 
 /// Built-in type OIDs (from `pg_type.dat`).
@@ -469,7 +469,7 @@ fn scalar_text(oid: u32, text: &str) -> Datum {
         // Postgres only sends valid JSON here, but bytes that are not (a
         // corrupted stream; found by fuzzing) would break the event's own
         // JSON: keep those as text.
-        JSON | JSONB if is_json(text) => Datum::Json(text.to_owned()),
+        JSON | JSONB if is_json(text) => Datum::Json(one_line(text)),
         DATE => Datum::Text(iso_datetime(text, DateTime::Date)),
         TIMESTAMP => Datum::Text(iso_datetime(text, DateTime::Timestamp)),
         TIMESTAMPTZ => Datum::Text(iso_datetime(text, DateTime::TimestampTz)),
@@ -482,7 +482,7 @@ fn scalar_text(oid: u32, text: &str) -> Datum {
 /// JSON text embedded as JSON when it is well-formed, else kept as a string.
 fn json_datum(text: String) -> Datum {
     if is_json(&text) {
-        Datum::Json(text)
+        Datum::Json(one_line(&text))
     } else {
         Datum::Text(text)
     }
