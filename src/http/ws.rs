@@ -38,7 +38,7 @@ use warp::reply::Response;
 use super::admission::Ticket;
 use super::client::{gap_json, sleep_until, ClientContext, SubscriberGauge};
 use crate::auth::Principal;
-use crate::hub::{Feed, FeedEnd, FeedItem, SubscriptionRequest, TenantHub};
+use crate::hub::{Feed, FeedEnd, FeedItem, Subscription, SubscriptionRequest, TenantHub};
 use crate::model::EventId;
 
 /// Largest message a client may send.
@@ -70,6 +70,12 @@ enum Out {
 
 struct SubTask {
     cancel: CancellationToken,
+    /// What the client asked for, built again with a refreshed token.
+    request: SubscriptionRequest,
+    /// The subscription's tables, which a refresh may not change.
+    tables: Vec<String>,
+    /// New subscriptions (a refreshed token's claims) for the task.
+    update: mpsc::UnboundedSender<Subscription>,
 }
 
 impl Drop for SubTask {
@@ -414,7 +420,8 @@ fn handle(
             match ctx.auth.verify(token, hub.tenant.as_str(), crate::model::now_unix()) {
                 Ok(fresh) if fresh.role == principal.role && fresh.claims.get("sub") == principal.claims.get("sub") => {
                     *principal = fresh;
-                    Some(json!({"type": "authenticated", "expires_at": principal.expires_at}))
+                    let ended = refresh(ctx, hub, principal, subs, out);
+                    Some(json!({"type": "authenticated", "expires_at": principal.expires_at, "ended": ended}))
                 }
                 Ok(_) => Some(error_json(None, "token_mismatch", "the new token has another role or sub than the connection's; open a new connection with it")),
                 Err(err) => {
@@ -482,17 +489,27 @@ fn subscribe(
         Ok(subscription) => subscription,
         Err(err) => return error_json(Some(id), err.code, &err.message),
     };
-    let tables: Vec<String> = subscription.tables().map(|t| t.to_string()).collect();
+    let tables = table_names(&subscription);
     let feed = Feed::new(Arc::clone(hub), subscription, since);
     let position = feed.start().map(|id| id.to_string());
     let cancel = CancellationToken::new();
+    let (update, updates) = mpsc::unbounded_channel();
     tokio::spawn(run_subscription(
         id.to_owned(),
         feed,
         out.clone(),
         cancel.clone(),
+        updates,
     ));
-    subs.insert(id.to_owned(), SubTask { cancel });
+    subs.insert(
+        id.to_owned(),
+        SubTask {
+            cancel,
+            request,
+            tables: tables.clone(),
+            update,
+        },
+    );
     json!({"type": "subscribed", "id": id, "tables": tables, "since": since.map(|s| s.to_string()), "position": position})
 }
 
@@ -531,12 +548,64 @@ pub fn subscribe_request(
     ))
 }
 
+fn table_names(subscription: &Subscription) -> Vec<String> {
+    let mut tables: Vec<String> = subscription.tables().map(|t| t.to_string()).collect();
+    tables.sort();
+    tables
+}
+
+/// A refreshed token: every subscription of the connection is built again
+/// with its claims and matches with them from the next event on. One the
+/// token no longer allows (a table gone from its rules, a claim a rule
+/// needs) ends with an `error`; the ids of those are returned.
+fn refresh(
+    ctx: &ClientContext,
+    hub: &Arc<TenantHub>,
+    principal: &Principal,
+    subs: &mut HashMap<String, SubTask>,
+    out: &mpsc::Sender<Out>,
+) -> Vec<String> {
+    let mut ended = Vec::new();
+    for (id, task) in subs.iter() {
+        let problem = match ctx.subscription(hub, &task.request, principal) {
+            Ok(subscription) if table_names(&subscription) == task.tables => {
+                match task.update.send(subscription) {
+                    Ok(()) => None,
+                    Err(_) => Some((
+                        "subscription_ended".to_owned(),
+                        "the subscription had ended".to_owned(),
+                    )),
+                }
+            }
+            Ok(_) => Some((
+                "not_allowed".to_owned(),
+                "the new token does not allow every table of this subscription; subscribe again"
+                    .to_owned(),
+            )),
+            Err(err) => Some((
+                err.code.to_owned(),
+                format!("with the new token: {}", err.message),
+            )),
+        };
+        if let Some((code, message)) = problem {
+            let _ = out.try_send(Out::Text(error_json(Some(id), &code, &message).to_string()));
+            ended.push(id.clone());
+        }
+    }
+    for id in &ended {
+        subs.remove(id);
+    }
+    ended.sort();
+    ended
+}
+
 /// Feeds one subscription's items into the connection's outbox.
 async fn run_subscription(
     sub: String,
     mut feed: Feed,
     out: mpsc::Sender<Out>,
     cancel: CancellationToken,
+    mut updates: mpsc::UnboundedReceiver<Subscription>,
 ) {
     let prefix: Arc<str> = format!(
         "{{\"type\":\"change\",\"sub\":{},\"event\":",
@@ -548,6 +617,10 @@ async fn run_subscription(
         let item = tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
+            Some(subscription) = updates.recv() => {
+                feed.set_subscription(subscription);
+                continue;
+            }
             item = feed.next() => item,
         };
         let message = match item {

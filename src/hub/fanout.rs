@@ -257,6 +257,11 @@ impl LiveReceiver {
         Some(self.taken(live))
     }
 
+    /// Matches this subscriber's later events with `subscription`.
+    pub fn set_subscription(&self, subscription: &Arc<Subscription>) {
+        self.fanout.replace(self.id, subscription);
+    }
+
     fn taken(&self, live: Live) -> Live {
         if let Live::Events(events) = &live {
             self.shared
@@ -331,6 +336,21 @@ impl Fanout {
             id,
             shared,
             fanout: Arc::clone(self),
+        }
+    }
+
+    /// Matches subscriber `id`'s events with `subscription` from the next
+    /// publication on (a refreshed token's claims). It stays registered for
+    /// the tables it was registered for: the caller keeps those the same.
+    fn replace(&self, id: u64, subscription: &Arc<Subscription>) {
+        let mut registry = self.lock();
+        let Registry {
+            by_table, messages, ..
+        } = &mut *registry;
+        for slot in by_table.values_mut().flatten().chain(messages.iter_mut()) {
+            if slot.id == id {
+                slot.subscription = Arc::clone(subscription);
+            }
         }
     }
 

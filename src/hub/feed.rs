@@ -110,6 +110,16 @@ impl Feed {
         }
     }
 
+    /// Matches the events from now on with `subscription` (the same tables;
+    /// a refreshed token's claims). Events matched before and already
+    /// queued are still delivered.
+    pub fn set_subscription(&mut self, subscription: Subscription) {
+        self.subscription = Arc::new(subscription);
+        if let State::Seam(live) | State::Live(live) = &self.state {
+            live.set_subscription(&self.subscription);
+        }
+    }
+
     /// Where this feed starts: `since`, or the last event published before
     /// it was registered (None when nothing was published since walcast
     /// started). A client that resumes from it misses nothing.
