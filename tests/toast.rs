@@ -1,6 +1,7 @@
 //! Unchanged TOASTed values: Postgres does not send them with an UPDATE;
 //! walcast lists them in `unchanged` and leaves them out of `new`, never
-//! reporting them as null or inventing them; in text and in binary mode.
+//! reporting them as null or inventing them, except under REPLICA IDENTITY
+//! FULL, where the old tuple carries them; in text and in binary mode.
 
 mod common;
 
@@ -68,13 +69,15 @@ fn unchanged_toast(extra: &str) {
     assert!(delete.get("unchanged").is_none(), "{delete}");
 
     // REPLICA IDENTITY FULL: the old row is logged whole, TOASTed values
-    // included, so `old` has them; `new` still lists the unchanged one.
+    // included, so `old` has them, and walcast takes the unchanged one from
+    // there into `new` and `key` (nothing is listed as unchanged).
     db.sql(&format!("insert into docs_full values (1, 'a', {BIG})"));
     tail.events(1);
     db.sql("update docs_full set title = 'b'");
     let update = change(&tail.events(1)[0]);
-    assert_eq!(update["new"], json!({"id": 1, "title": "b"}));
-    assert_eq!(update["unchanged"], json!(["body"]));
+    assert_eq!(update["new"], json!({"id": 1, "title": "b", "body": big}));
+    assert_eq!(update["key"], update["new"]);
+    assert!(update.get("unchanged").is_none(), "{update}");
     assert_eq!(update["old"]["title"], "a");
     assert_eq!(update["old"]["body"], big.as_str());
 }

@@ -204,7 +204,7 @@ impl Applier {
                 new,
             } => {
                 let rel = relation(&self.relations, relation_id)?;
-                let image = row_image(
+                let mut image = row_image(
                     rel,
                     &self.types,
                     self.report_stale,
@@ -215,7 +215,11 @@ impl Applier {
                 let old = match old {
                     // The event's key is the new row's.
                     Some(old) => {
-                        Some(old_image(rel, &self.types, self.report_stale, &old, false)?.row)
+                        let old = old_image(rel, &self.types, self.report_stale, &old, false)?.row;
+                        // REPLICA IDENTITY FULL: the old tuple holds the
+                        // values the new one left out as unchanged TOAST.
+                        fill_unchanged(rel, &mut image, &old);
+                        Some(old)
                     }
                     // Without an old tuple the key did not change: the key is
                     // what we know of the old row.
@@ -424,6 +428,46 @@ fn row_image(
         key: key.map(RowImage),
         unchanged,
     })
+}
+
+/// Takes the columns `image` left out as unchanged TOAST from `old` (the
+/// old tuple of REPLICA IDENTITY FULL, which carries every value): the new
+/// row and its key get them in column order, and they are no longer listed
+/// as unchanged. Columns `old` lacks stay listed.
+fn fill_unchanged(rel: &Relation, image: &mut Image, old: &RowImage) {
+    if image.unchanged.is_empty() || !image.unchanged.iter().any(|c| old.get(c).is_some()) {
+        return;
+    }
+    let value = |column: &str, from: &RowImage| {
+        from.0
+            .iter()
+            .find(|(name, _)| &**name == column)
+            .map(|(_, d)| d.clone())
+    };
+    let unchanged = std::mem::take(&mut image.unchanged);
+    let filled = |column: &Arc<str>| unchanged.contains(column) && old.get(column).is_some();
+    let mut row = Vec::with_capacity(rel.columns.len());
+    let mut key = image.key.as_ref().map(|_| Vec::new());
+    for column in &rel.columns {
+        let datum = if filled(&column.name) {
+            value(&column.name, old)
+        } else {
+            value(&column.name, &image.row)
+        };
+        let Some(datum) = datum else { continue };
+        if let (true, Some(key)) = (column.is_key, key.as_mut()) {
+            key.push((Arc::clone(&column.name), datum.clone()));
+        }
+        row.push((Arc::clone(&column.name), datum));
+    }
+    image.unchanged = unchanged
+        .into_iter()
+        .filter(|c| old.get(c).is_none())
+        .collect();
+    image.row = RowImage(row);
+    if let Some(key) = key {
+        image.key = Some(RowImage(key));
+    }
 }
 
 fn old_image(

@@ -320,7 +320,8 @@ pub enum MirrorFormat {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MirrorRule {
     pub table: TableName,
-    /// Key columns; `None`: the table's replica identity (its primary key).
+    /// Key columns; `None`: the table's primary key, else its replica
+    /// identity index (read from the catalog at start, `source::mirror_keys`).
     pub key: Option<Vec<String>>,
     /// A row is hot (kept) when it passes all of these; empty: every row.
     pub hot_when: Vec<RowFilter>,

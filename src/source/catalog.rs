@@ -158,3 +158,64 @@ pub async fn load_types(
     }
     Ok(found.into_iter().collect())
 }
+
+/// The columns that tell a mirrored table's rows apart, for each mirror
+/// rule of `tenant` without a configured `key`: the primary key, else the
+/// replica identity index. A table with neither (replica identity FULL or
+/// NOTHING, or DEFAULT without a primary key) is an error with the fix:
+/// under FULL identity every column would be the key, so an update would
+/// leave the old row's copy behind and key names would hold row values.
+pub async fn mirror_keys(
+    client: &Client,
+    tenant: &crate::config::TenantConfig,
+) -> Result<Vec<(crate::model::TableName, Vec<String>)>, SourceError> {
+    const SQL: &str = "select c.relreplident::text, \
+        (select array_agg(a.attname::text order by array_position(i.indkey::int2[], a.attnum)) \
+           from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey) \
+          where i.indrelid = c.oid and i.indisprimary), \
+        (select array_agg(a.attname::text order by array_position(i.indkey::int2[], a.attnum)) \
+           from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey) \
+          where i.indrelid = c.oid and i.indisreplident) \
+        from pg_class c where c.oid = to_regclass($1)";
+    let mut keys = Vec::new();
+    for rule in tenant.mirror.iter().filter(|r| r.key.is_none()) {
+        let quoted = super::quote_table(&rule.table);
+        let row = client
+            .query_opt(SQL, &[&quoted])
+            .await
+            .map_err(|source| SourceError::Query {
+                tenant: tenant.id.clone(),
+                what: format!("reading the key of mirrored table {}", rule.table),
+                source,
+            })?;
+        // A table that does not exist is reported where the tables are
+        // checked (setup and check); it has no rows to key.
+        let Some(row) = row else { continue };
+        let identity: String = row.get(0);
+        let primary: Option<Vec<String>> = row.get(1);
+        let index: Option<Vec<String>> = row.get(2);
+        match (primary, index) {
+            (Some(columns), _) => keys.push((rule.table.clone(), columns)),
+            (None, Some(columns)) if identity == "i" => keys.push((rule.table.clone(), columns)),
+            _ => {
+                let identity = match identity.as_str() {
+                    "f" => "replica identity FULL",
+                    "n" => "replica identity NOTHING",
+                    _ => "no replica identity index",
+                };
+                return Err(SourceError::Setup {
+                    tenant: tenant.id.clone(),
+                    problem: format!(
+                        "mirrored table {} has no primary key ({identity}), so walcast cannot tell its rows apart in Redis",
+                        rule.table
+                    ),
+                    fix: format!(
+                        "give {} a primary key, or set key = [\"column\", …] (columns that identify a row) in its [[mirror]] rule",
+                        rule.table
+                    ),
+                });
+            }
+        }
+    }
+    Ok(keys)
+}

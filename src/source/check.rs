@@ -215,6 +215,13 @@ async fn run_checks(
         None,
     );
     tls_item(client, tenant, report).await?;
+    match super::mirror_keys(client, tenant).await {
+        Ok(_) => {}
+        Err(SourceError::Setup { problem, fix, .. }) => {
+            report.push(CheckLevel::Fail, problem, Some(fix));
+        }
+        Err(err) => return Err(err),
+    }
 
     let wal_level: String = row.get(1);
     if wal_level == "logical" {

@@ -11,7 +11,7 @@ mod setup;
 mod slots;
 mod tls;
 
-pub use catalog::load_types;
+pub use catalog::{load_types, mirror_keys};
 pub use check::{check_tenant, CheckItem, CheckLevel, CheckReport};
 pub use replication::{ExportedSnapshot, PendingSession, ReplicationSession, SlotKind};
 pub use setup::{

@@ -142,6 +142,7 @@ pub async fn resync(
 ) -> Result<bool, PipelineError> {
     let client = crate::source::connect(tenant, "walcast resync").await?;
     crate::source::ensure_publication(&client, tenant).await?;
+    mirror.set_default_keys(&crate::source::mirror_keys(&client, tenant).await?);
     let slot = crate::source::slot_state(&client, tenant).await?;
     mirror
         .forget_epoch()

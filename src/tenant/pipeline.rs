@@ -520,6 +520,7 @@ async fn prepare(
         }
         return Ok((client, None));
     };
+    mirror.set_default_keys(&source::mirror_keys(&client, tenant).await?);
     let epoch = mirror.read_epoch().await;
     let slot = source::slot_state(&client, tenant).await?;
     if !epoch.is_empty() && slot.is_some() {

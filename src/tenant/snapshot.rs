@@ -86,8 +86,8 @@ pub async fn copy(
                 types.insert(oid, shape);
             }
         }
-        let key_columns = match &rule.key {
-            Some(key) => key.clone(),
+        let key_columns = match sink.key_of_table(table) {
+            Some(key) => key,
             None => {
                 let rows = client
                     .query(

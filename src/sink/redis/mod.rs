@@ -194,12 +194,25 @@ fn write_event_id(out: &mut Vec<u8>, id: EventId) {
 /// What the script needs to know of one mirrored table, computed once.
 struct TablePlan {
     rule: MirrorRule,
+    /// Without a configured key: the table's primary key (or replica
+    /// identity index), read from the catalog when the tenant starts.
+    default_key: std::sync::OnceLock<Vec<String>>,
     /// `<prefix>:{t}:row:<table>:`
     row_prefix: String,
     /// Each index column with the prefix of its index sets.
     index: Vec<(String, String)>,
     rowindex: String,
     idxsets: String,
+}
+
+impl TablePlan {
+    /// The configured key, else the catalog's (once known).
+    fn key_columns(&self) -> Option<&[String]> {
+        self.rule
+            .key
+            .as_deref()
+            .or_else(|| self.default_key.get().map(Vec::as_slice))
+    }
 }
 
 /// Turns batches into transactions (the script call, laid out as
@@ -296,6 +309,7 @@ impl Encoder {
                 let table = &rule.table;
                 let plan = TablePlan {
                     rule: rule.clone(),
+                    default_key: std::sync::OnceLock::new(),
                     row_prefix: keys.row_prefix(table),
                     index: rule
                         .index
@@ -643,7 +657,7 @@ impl Encoder {
     fn key_of(&self, plan: &TablePlan, event: &ChangeEvent, image: &RowImage) -> Option<String> {
         let mut key = String::with_capacity(plan.row_prefix.len() + 24);
         key.push_str(&plan.row_prefix);
-        let complete = if let Some(columns) = &plan.rule.key {
+        let complete = if let Some(columns) = plan.key_columns() {
             push_row_key(&mut key, image, columns.iter().map(String::as_str))
         } else {
             match &event.body {
@@ -1358,6 +1372,32 @@ impl RedisSink {
         self.rules.values()
     }
 
+    /// The key columns of mirrored tables without a configured `key`, from
+    /// the catalog (`source::mirror_keys`). Set once per process: a table
+    /// whose primary key changed afterwards keeps the first until restart.
+    pub fn set_default_keys(&self, keys: &[(TableName, Vec<String>)]) {
+        for (table, columns) in keys {
+            let Some(plan) = self.encoder.tables.get(table) else {
+                continue;
+            };
+            if let Err(columns) = plan.default_key.set(columns.clone()) {
+                if plan.default_key.get() != Some(&columns) {
+                    tracing::warn!(tenant = %self.tenant, %table, "the table's primary key changed while walcast ran; restart walcast to key its mirror rows by the new one");
+                }
+            }
+        }
+    }
+
+    /// The key columns of a mirrored table: the configured key, else the
+    /// catalog's.
+    pub fn key_of_table(&self, table: &TableName) -> Option<Vec<String>> {
+        self.encoder
+            .tables
+            .get(table)
+            .and_then(TablePlan::key_columns)
+            .map(<[String]>::to_vec)
+    }
+
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
     }
@@ -1683,8 +1723,13 @@ impl RedisSink {
 
     /// The key columns of a mirrored table for this event.
     fn key_columns(&self, rule: &MirrorRule, event: &ChangeEvent) -> Option<Vec<String>> {
-        if let Some(key) = &rule.key {
-            return Some(key.clone());
+        if let Some(key) = self
+            .encoder
+            .tables
+            .get(&rule.table)
+            .and_then(TablePlan::key_columns)
+        {
+            return Some(key.to_vec());
         }
         match &event.body {
             ChangeBody::Row { key: Some(key), .. } if !key.0.is_empty() => {
