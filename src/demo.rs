@@ -504,7 +504,7 @@ fn print_ready(
     ));
     for tenant in &tenants[1..] {
         out.push_str(&format!(
-            "  psql {}   ({})\n",
+            "  psql {}   # {}\n",
             tenant.pg.url(DATABASE),
             tenant.id
         ));

@@ -122,6 +122,15 @@ fn quoted(line: &str) -> Vec<&str> {
     line.split('"').skip(1).step_by(2).collect()
 }
 
+/// Runs a printed shell line with `bash -c`, stdin closed.
+fn run_in_bash(line: &str) -> std::process::Output {
+    Command::new("bash")
+        .args(["-c", line])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bash")
+}
+
 /// Runs curl and returns (status code, content type, body).
 fn curl(args: &[&str]) -> (u16, String, String) {
     let out = Command::new("curl")
@@ -247,6 +256,28 @@ fn demo_streams_to_the_printed_urls_and_ctrl_c_removes_everything() {
         &format!("{base}/v1/acme/state/public.tasks"),
     ]);
     assert_eq!(code, 403, "globex's token must not read acme");
+
+    // The psql lines, pasted into bash as printed (stdin closed: the one
+    // without -c connects and exits).
+    let psql: Vec<&str> = block
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| l.starts_with("psql "))
+        .collect();
+    assert_eq!(
+        psql.len(),
+        2,
+        "a psql line per tenant:\n{}",
+        block.join("\n")
+    );
+    for line in &psql {
+        let out = run_in_bash(line);
+        assert!(
+            out.status.success(),
+            "{line}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     let files = block
         .iter()
