@@ -46,6 +46,9 @@ const GENERATOR_INTERVAL: Duration = Duration::from_millis(500);
 const GENERATOR_JITTER_MS: u64 = 500;
 /// Tasks a tenant works on at once; also its number of environments.
 const MAX_TASKS_IN_FLIGHT: usize = 3;
+/// Tasks inserted by the printed psql line get ids above this; the
+/// generator's ids count up from 1 (one task every few seconds).
+const HAND_TASK_IDS: i64 = 1_000_000;
 /// How often `/readyz` is asked while the tenants connect.
 const READY_POLL: Duration = Duration::from_millis(200);
 /// After this long without every tenant streaming, say what `/readyz` says.
@@ -498,8 +501,10 @@ fn print_ready(
         tokens[1]
     ));
     out.push_str("Write a change yourself (it shows up in the SSE stream above):\n");
+    // Repeatable: each run takes the next id above HAND_TASK_IDS, a range the
+    // generator (counting up from 1) does not reach.
     out.push_str(&format!(
-        "  psql {} -c \"insert into tasks (id, status, tags) values (9001, 'running', '{{by-hand}}')\"\n",
+        "  psql {} -c \"insert into tasks (id, status, tags) select coalesce(max(id), {HAND_TASK_IDS}) + 1, 'running', '{{by-hand}}' from tasks where id > {HAND_TASK_IDS}\"\n",
         tenants[0].pg.url(DATABASE)
     ));
     for tenant in &tenants[1..] {

@@ -278,6 +278,18 @@ fn demo_streams_to_the_printed_urls_and_ctrl_c_removes_everything() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The insert works again (no duplicate key).
+    let insert = psql
+        .iter()
+        .find(|l| l.contains("insert into tasks"))
+        .expect("a psql insert line");
+    let out = run_in_bash(insert);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("INSERT 0 1"),
+        "second run of {insert}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let files = block
         .iter()
