@@ -496,8 +496,10 @@ fn print_ready(
     out.push_str(&format!(
         "Hot tasks (queued, running) mirrored in Redis:\n  curl -H \"Authorization: Bearer {acme}\" {base}/v1/acme/state/public.tasks\n"
     ));
+    // Node.js has a WebSocket client built in from 20.10 (behind this flag
+    // until 22); websocat and wscat are not in Debian.
     out.push_str(&format!(
-        "WebSocket (websocat), then send {{\"type\":\"subscribe\",\"id\":\"t\",\"tables\":[\"public.environments\"]}}:\n  websocat \"ws://{addr}/v1/globex/ws?access_token={}\"\n",
+        "globex's environments over the WebSocket API (Node.js 20.10 or later):\n  node --experimental-websocket --no-warnings -e 'const ws = new WebSocket(\"ws://{addr}/v1/globex/ws?access_token={}\"); ws.onopen = () => ws.send(JSON.stringify({{type: \"subscribe\", id: \"t\", tables: [\"public.environments\"]}})); ws.onmessage = (m) => console.log(m.data); ws.onclose = (e) => console.log(\"closed\", e.code, e.reason)'\n",
         tokens[1]
     ));
     out.push_str("Write a change yourself (it shows up in the SSE stream above):\n");
