@@ -49,6 +49,9 @@ const MAX_TASKS_IN_FLIGHT: usize = 3;
 /// Tasks inserted by the printed psql line get ids above this; the
 /// generator's ids count up from 1 (one task every few seconds).
 const HAND_TASK_IDS: i64 = 1_000_000;
+/// How long a task stays in the mirror after leaving the hot set (succeeded
+/// or failed), so a client sees how it ended: `keep_cold_for_secs`.
+const KEEP_COLD_SECS: u64 = 60;
 /// How often `/readyz` is asked while the tenants connect.
 const READY_POLL: Duration = Duration::from_millis(200);
 /// After this long without every tenant streaming, say what `/readyz` says.
@@ -375,7 +378,7 @@ url = "{redis_url}"
 [[mirror]]
 table = "public.tasks"
 hot_when = ["status=in.(queued,running)"]
-keep_cold_for_secs = 60
+keep_cold_for_secs = {KEEP_COLD_SECS}
 index = ["status"]
 
 [[mirror]]
@@ -494,7 +497,7 @@ fn print_ready(
         "\nRunning tasks as Server-Sent Events:\n  curl -N -H \"Authorization: Bearer {acme}\" \"{base}/v1/acme/events?table=public.tasks&filter=status=eq.running\"\n"
     ));
     out.push_str(&format!(
-        "Hot tasks (queued, running) mirrored in Redis:\n  curl -H \"Authorization: Bearer {acme}\" {base}/v1/acme/state/public.tasks\n"
+        "Hot tasks (queued, running; rows that left stay {KEEP_COLD_SECS} s) mirrored in Redis:\n  curl -H \"Authorization: Bearer {acme}\" {base}/v1/acme/state/public.tasks\n"
     ));
     // Node.js has a WebSocket client built in from 20.10 (behind this flag
     // until 22); websocat and wscat are not in Debian.

@@ -275,6 +275,13 @@ fn demo_streams_to_the_printed_urls_and_ctrl_c_removes_everything() {
     );
 
     // The state line, run as printed.
+    assert!(
+        block
+            .iter()
+            .any(|l| l.starts_with("Hot tasks (queued, running; rows that left stay 60 s)")),
+        "the state heading says cold rows stay:\n{}",
+        block.join("\n")
+    );
     let state = line_after(&block, "mirrored in Redis");
     let header = quoted(state)[0];
     let url = state.rsplit(' ').next().unwrap();
