@@ -165,6 +165,16 @@ fn fresh_start_counts_no_redis_write_errors() {
     );
     let walcast = Walcast::spawn(&config, &["run"]);
     walcast.wait_log("streaming tenant=", 1);
+    // The stream starts at the new slot's consistent point, and says so.
+    let stderr = walcast.stderr();
+    let field = |name: &str| {
+        stderr
+            .split_once(&format!(" {name}="))
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {name}= in:\n{stderr}"))
+            .to_owned()
+    };
+    assert_eq!(field("from"), field("consistent_point"), "{stderr}");
     acme.sql("update tasks set status = 'running' where id = 1;");
     let base = format!("http://127.0.0.1:{ops_port}");
     // The snapshot and the live batch were written (a histogram sample each).
