@@ -46,6 +46,12 @@ const GENERATOR_INTERVAL: Duration = Duration::from_millis(500);
 const GENERATOR_JITTER_MS: u64 = 500;
 /// Tasks a tenant works on at once; also its number of environments.
 const MAX_TASKS_IN_FLIGHT: usize = 3;
+/// Tasks inserted by the printed psql line get ids above this; the
+/// generator's ids count up from 1 (one task every few seconds).
+const HAND_TASK_IDS: i64 = 1_000_000;
+/// How long a task stays in the mirror after leaving the hot set (succeeded
+/// or failed), so a client sees how it ended: `keep_cold_for_secs`.
+const KEEP_COLD_SECS: u64 = 60;
 /// How often `/readyz` is asked while the tenants connect.
 const READY_POLL: Duration = Duration::from_millis(200);
 /// After this long without every tenant streaming, say what `/readyz` says.
@@ -372,7 +378,7 @@ url = "{redis_url}"
 [[mirror]]
 table = "public.tasks"
 hot_when = ["status=in.(queued,running)"]
-keep_cold_for_secs = 60
+keep_cold_for_secs = {KEEP_COLD_SECS}
 index = ["status"]
 
 [[mirror]]
@@ -491,20 +497,24 @@ fn print_ready(
         "\nRunning tasks as Server-Sent Events:\n  curl -N -H \"Authorization: Bearer {acme}\" \"{base}/v1/acme/events?table=public.tasks&filter=status=eq.running\"\n"
     ));
     out.push_str(&format!(
-        "Hot tasks (queued, running) mirrored in Redis:\n  curl -H \"Authorization: Bearer {acme}\" {base}/v1/acme/state/public.tasks\n"
+        "Hot tasks (queued, running; rows that left stay {KEEP_COLD_SECS} s) mirrored in Redis:\n  curl -H \"Authorization: Bearer {acme}\" {base}/v1/acme/state/public.tasks\n"
     ));
+    // Node.js has a WebSocket client built in from 20.10 (behind this flag
+    // until 22); websocat and wscat are not in Debian.
     out.push_str(&format!(
-        "WebSocket (websocat), then send {{\"type\":\"subscribe\",\"id\":\"t\",\"tables\":[\"public.environments\"]}}:\n  websocat \"ws://{addr}/v1/globex/ws?access_token={}\"\n",
+        "globex's environments over the WebSocket API (Node.js 20.10 or later):\n  node --experimental-websocket --no-warnings -e 'const ws = new WebSocket(\"ws://{addr}/v1/globex/ws?access_token={}\"); ws.onopen = () => ws.send(JSON.stringify({{type: \"subscribe\", id: \"t\", tables: [\"public.environments\"]}})); ws.onmessage = (m) => console.log(m.data); ws.onclose = (e) => console.log(\"closed\", e.code, e.reason)'\n",
         tokens[1]
     ));
     out.push_str("Write a change yourself (it shows up in the SSE stream above):\n");
+    // Repeatable: each run takes the next id above HAND_TASK_IDS, a range the
+    // generator (counting up from 1) does not reach.
     out.push_str(&format!(
-        "  psql {} -c \"insert into tasks (id, status, tags) values (9001, 'running', '{{by-hand}}')\"\n",
+        "  psql {} -c \"insert into tasks (id, status, tags) select coalesce(max(id), {HAND_TASK_IDS}) + 1, 'running', '{{by-hand}}' from tasks where id > {HAND_TASK_IDS}\"\n",
         tenants[0].pg.url(DATABASE)
     ));
     for tenant in &tenants[1..] {
         out.push_str(&format!(
-            "  psql {}   ({})\n",
+            "  psql {}   # {}\n",
             tenant.pg.url(DATABASE),
             tenant.id
         ));

@@ -122,6 +122,57 @@ fn quoted(line: &str) -> Vec<&str> {
     line.split('"').skip(1).step_by(2).collect()
 }
 
+/// Runs a printed shell line with `bash -c` (in its own process group,
+/// killed after) until a line of its stdout contains `wanted`; returns the
+/// lines up to that one, or panics after [`EVENT_WAIT`].
+fn first_line_with(line: &str, wanted: &str) -> String {
+    let mut child = Command::new("bash")
+        .args(["-c", line])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run bash");
+    let rx = lines_of(child.stdout.take().unwrap());
+    let stderr = text_of(child.stderr.take().unwrap());
+    let deadline = Instant::now() + EVENT_WAIT;
+    let mut seen = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(out) => {
+                let done = out.contains(wanted);
+                seen.push(out);
+                if done {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.wait();
+    assert!(
+        found,
+        "no {wanted} from {line} within {EVENT_WAIT:?}; stdout:\n{}\nstderr:\n{}",
+        seen.join("\n"),
+        stderr.lock().unwrap()
+    );
+    seen.join("\n")
+}
+
+/// Runs a printed shell line with `bash -c`, stdin closed.
+fn run_in_bash(line: &str) -> std::process::Output {
+    Command::new("bash")
+        .args(["-c", line])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bash")
+}
+
 /// Runs curl and returns (status code, content type, body).
 fn curl(args: &[&str]) -> (u16, String, String) {
     let out = Command::new("curl")
@@ -224,6 +275,13 @@ fn demo_streams_to_the_printed_urls_and_ctrl_c_removes_everything() {
     );
 
     // The state line, run as printed.
+    assert!(
+        block
+            .iter()
+            .any(|l| l.starts_with("Hot tasks (queued, running; rows that left stay 60 s)")),
+        "the state heading says cold rows stay:\n{}",
+        block.join("\n")
+    );
     let state = line_after(&block, "mirrored in Redis");
     let header = quoted(state)[0];
     let url = state.rsplit(' ').next().unwrap();
@@ -247,6 +305,47 @@ fn demo_streams_to_the_printed_urls_and_ctrl_c_removes_everything() {
         &format!("{base}/v1/acme/state/public.tasks"),
     ]);
     assert_eq!(code, 403, "globex's token must not read acme");
+
+    // The WebSocket line, run as printed: a change of globex arrives.
+    let ws = line_after(&block, "WebSocket API");
+    assert!(ws.starts_with("node "), "{ws}");
+    let frames = first_line_with(ws, r#""type":"change""#);
+    assert!(frames.contains(r#""type":"subscribed""#), "{frames}");
+    assert!(frames.contains("public.environments"), "{frames}");
+
+    // The psql lines, pasted into bash as printed (stdin closed: the one
+    // without -c connects and exits).
+    let psql: Vec<&str> = block
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| l.starts_with("psql "))
+        .collect();
+    assert_eq!(
+        psql.len(),
+        2,
+        "a psql line per tenant:\n{}",
+        block.join("\n")
+    );
+    for line in &psql {
+        let out = run_in_bash(line);
+        assert!(
+            out.status.success(),
+            "{line}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The insert works again (no duplicate key).
+    let insert = psql
+        .iter()
+        .find(|l| l.contains("insert into tasks"))
+        .expect("a psql insert line");
+    let out = run_in_bash(insert);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("INSERT 0 1"),
+        "second run of {insert}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let files = block
         .iter()

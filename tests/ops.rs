@@ -141,3 +141,59 @@ fn a_taken_listen_address_is_a_clear_start_up_error() {
         "{stderr}"
     );
 }
+
+/// A fresh start with a Redis mirror (snapshot, then live batches) counts
+/// no Redis write errors: `rate(walcast_redis_write_errors_total[5m]) > 0`
+/// is a suggested alert (docs/operations.md).
+#[test]
+fn fresh_start_counts_no_redis_write_errors() {
+    let acme = TenantDb::start();
+    acme.sql("insert into tasks (id, status) values (1, 'queued');");
+    let redis = LocalRedis::start().expect("start redis-server");
+    let port = walcast::localdev::free_port().unwrap();
+    let ops_port = walcast::localdev::free_port().unwrap();
+    let dir = TempDir::new("ops-redis");
+    let config = dir.write(
+        "walcast.toml",
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nops_listen = [\"127.0.0.1:{ops_port}\"]\n\n\
+             [redis]\nurl = \"{}\"\n\n\
+             [[mirror]]\ntable = \"public.tasks\"\nhot_when = [\"status=in.(queued,running)\"]\n\n{}",
+            redis.url(),
+            acme.tenant_toml("acme")
+        ),
+    );
+    let walcast = Walcast::spawn(&config, &["run"]);
+    walcast.wait_log("streaming tenant=", 1);
+    // The stream starts at the new slot's consistent point, and says so.
+    let stderr = walcast.stderr();
+    let field = |name: &str| {
+        stderr
+            .split_once(&format!(" {name}="))
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {name}= in:\n{stderr}"))
+            .to_owned()
+    };
+    assert_eq!(field("from"), field("consistent_point"), "{stderr}");
+    acme.sql("update tasks set status = 'running' where id = 1;");
+    let base = format!("http://127.0.0.1:{ops_port}");
+    // The snapshot and the live batch were written (a histogram sample each).
+    wait_until("two redis writes", || {
+        get(&format!("{base}/metrics")).1.lines().any(|l| {
+            l.starts_with(r#"walcast_redis_write_seconds_count{tenant="acme"}"#)
+                && l.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()) >= Some(2)
+        })
+    });
+    let (_, metrics) = get(&format!("{base}/metrics"));
+    let errors: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("walcast_redis_write_errors_total{"))
+        .collect();
+    assert!(
+        errors.iter().all(|l| l.ends_with(" 0")),
+        "a fresh start counted redis write errors: {errors:?}\nstderr:\n{}",
+        walcast.stderr()
+    );
+    let (status, _, stderr) = walcast.interrupt();
+    assert!(status.success(), "{stderr}");
+}

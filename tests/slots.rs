@@ -91,3 +91,40 @@ fn an_invalidated_slot_is_reported_with_the_way_back() {
     let (status, _, _) = tail.interrupt();
     assert!(status.success());
 }
+
+/// The `from=` of the last "streaming tenant=" line in `stderr`.
+fn streaming_from(stderr: &str) -> String {
+    let line = stderr
+        .lines()
+        .rfind(|l| l.contains("streaming tenant="))
+        .unwrap_or_else(|| panic!("no streaming line in:\n{stderr}"));
+    line.split_once(" from=")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no from= in {line}"))
+        .to_owned()
+}
+
+#[test]
+fn a_restart_logs_the_slots_confirmed_position() {
+    let db = TenantDb::start();
+    let dir = TempDir::new("slots-from");
+    let config = setup(&db, &dir);
+    let walcast = Walcast::spawn(&config, &["run"]);
+    walcast.wait_log("streaming tenant=", 1);
+    db.sql("insert into tasks (id, status) values (1, 'queued');");
+    walcast.events(1);
+    let (status, _, stderr) = walcast.interrupt();
+    assert!(status.success(), "{stderr}");
+    let confirmed = db.sql(
+        "select confirmed_flush_lsn from pg_replication_slots where slot_name = 'walcast_acme'",
+    );
+    let confirmed = confirmed.trim();
+
+    let walcast = Walcast::spawn(&config, &["run"]);
+    walcast.wait_log("streaming tenant=", 1);
+    let from = streaming_from(&walcast.stderr());
+    assert_ne!(from, "0/0", "{}", walcast.stderr());
+    assert_eq!(from, confirmed, "{}", walcast.stderr());
+    let (status, _, stderr) = walcast.interrupt();
+    assert!(status.success(), "{stderr}");
+}

@@ -18,7 +18,7 @@ pub use setup::{
     connect, drop_slot, ensure_publication, ensure_slot, quote_ident, quote_table, setup_sql,
     slot_state, SetupAction,
 };
-pub use slots::{human_bytes, lost_slot_error, slot_infos, SlotInfo};
+pub use slots::{confirmed_flush_lsn, human_bytes, lost_slot_error, slot_infos, SlotInfo};
 
 use crate::config::TenantId;
 

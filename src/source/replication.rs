@@ -37,6 +37,8 @@ pub struct PendingSession {
     client: ReplicationClient,
     tenant: TenantConfig,
     start: Lsn,
+    /// The new slot's consistent point, for a session that created it.
+    consistent_point: Option<Lsn>,
 }
 
 /// A gated replication session that has connected and authenticated:
@@ -63,9 +65,16 @@ async fn authenticated(
 }
 
 impl PendingSession {
-    /// Where the session will stream from (the snapshot's consistent point).
+    /// The position the session asks to stream from (`0/0` for a new slot:
+    /// the server then starts at the slot's consistent point).
     pub fn start_lsn(&self) -> Lsn {
         self.start
+    }
+
+    /// Where the stream really starts: the consistent point of the slot this
+    /// session created, else the requested position.
+    pub fn streams_from(&self) -> Lsn {
+        self.consistent_point.unwrap_or(self.start)
     }
 
     async fn connect(
@@ -111,6 +120,7 @@ impl PendingSession {
             client,
             tenant: tenant.clone(),
             start,
+            consistent_point: None,
         })
     }
 
@@ -208,6 +218,7 @@ impl ReplicationSession {
                 problem: format!("CREATE_REPLICATION_SLOT returned {e}"),
                 fix: "check the server log; this is unexpected".into(),
             })?;
+        pending.consistent_point = Some(consistent_point);
         let snapshot = ExportedSnapshot {
             consistent_point,
             name: text(row, 2),

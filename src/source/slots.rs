@@ -5,6 +5,7 @@ use tokio_postgres::Client;
 
 use super::SourceError;
 use crate::config::TenantConfig;
+use crate::model::Lsn;
 
 /// One slot of a tenant (its own, and temporary ones of `walcast tail`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,29 @@ pub async fn slot_infos(
             retained_bytes: r.get(5),
         })
         .collect())
+}
+
+/// The slot's `confirmed_flush_lsn`: where a stream that asks for an
+/// earlier position (or `0/0`) starts. `None` when there is no such slot.
+pub async fn confirmed_flush_lsn(
+    client: &Client,
+    tenant: &TenantConfig,
+    slot: &str,
+) -> Result<Option<Lsn>, SourceError> {
+    let query_error = |source| SourceError::Query {
+        tenant: tenant.id.clone(),
+        what: "reading the slot's confirmed_flush_lsn".into(),
+        source,
+    };
+    let row = client
+        .query_opt(
+            "select confirmed_flush_lsn::text from pg_replication_slots where slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(query_error)?;
+    let text: Option<String> = row.and_then(|r| r.get(0));
+    Ok(text.and_then(|t| t.parse().ok()))
 }
 
 /// The error for a tenant whose slot was invalidated.

@@ -207,12 +207,31 @@ pub(super) async fn run_session(
     if let Some(hub) = &options.hub {
         learn_columns(&catalog, tenant, hub).await;
     }
-    let mut session = match pending {
+    let slot = slot_name(tenant, &options.slot);
+    let (mut session, from) = match pending {
         // A new slot with a snapshot: stream from the snapshot's point.
-        Some(pending) => pending.start().await?,
-        None => ReplicationSession::open(tenant, &options.slot, progress.confirmed_end).await?,
+        Some(pending) => {
+            let from = pending.streams_from();
+            (pending.start().await?, from)
+        }
+        None => {
+            let session =
+                ReplicationSession::open(tenant, &options.slot, progress.confirmed_end).await?;
+            // Postgres streams from the later of the requested position and
+            // the slot's confirmed_flush_lsn (a restart asks for 0/0).
+            let from = match source::confirmed_flush_lsn(&catalog, tenant, slot).await {
+                Ok(confirmed) => {
+                    confirmed.map_or(progress.confirmed_end, |c| c.max(progress.confirmed_end))
+                }
+                Err(error) => {
+                    tracing::debug!(tenant = %tenant.id, %error, "could not read the slot's confirmed position");
+                    progress.confirmed_end
+                }
+            };
+            (session, from)
+        }
     };
-    tracing::info!(tenant = %tenant.id, slot = %slot_name(tenant, &options.slot), from = %progress.confirmed_end, "streaming");
+    tracing::info!(tenant = %tenant.id, slot = %slot, from = %from, "streaming");
     state.send_replace(TenantState::Streaming);
     metrics::gauge!(crate::metrics::SOURCE_SLOT_ACTIVE, crate::metrics::TENANT => tenant.id.to_string()).set(1.0);
     // Whatever way this session ends, the slot is no longer read by it.

@@ -832,11 +832,13 @@ impl Encoder {
                 Verdict::Applied => return Ok(()),
                 Verdict::Failed(error) => return Err(error),
                 Verdict::Again(error) => {
-                    if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-                        && self.script.load_async(&mut conn).await.is_ok()
-                    {
-                        // The script cache was flushed: loaded, send again.
-                        continue;
+                    if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+                        if self.script.load_async(&mut conn).await.is_ok() {
+                            // The script cache lacked it: loaded, send again.
+                            continue;
+                        }
+                        // Not counted by judge; loading failed, so it is one.
+                        metrics::counter!(crate::metrics::REDIS_WRITE_ERRORS, crate::metrics::TENANT => self.tenant.to_string()).increment(1);
                     }
                     tracing::warn!(tenant = %self.tenant, %error, retry_in_ms = delay.as_millis() as u64, "redis unavailable; replication waits until it is back");
                     tokio::time::sleep(delay).await;
@@ -856,7 +858,15 @@ impl Encoder {
                 Verdict::Applied
             }
             Err(error) => {
-                metrics::counter!(crate::metrics::REDIS_WRITE_ERRORS, crate::metrics::TENANT => tenant()).increment(1);
+                let no_script =
+                    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript);
+                // NOSCRIPT is no failed write: Redis's script cache does not
+                // have the script yet (every fresh server, and after a restart
+                // or SCRIPT FLUSH); `send` loads it and sends again. The batch
+                // writer counts it where it retries (and logs).
+                if !no_script {
+                    metrics::counter!(crate::metrics::REDIS_WRITE_ERRORS, crate::metrics::TENANT => tenant()).increment(1);
+                }
                 let text = error.to_string();
                 if text.contains("WALCAST_EPOCH") {
                     Verdict::Failed(SinkError::Lost)
@@ -1264,6 +1274,10 @@ async fn write_batches(
                 }
                 Verdict::Failed(error) => break Err(error),
                 Verdict::Again(error) => {
+                    if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+                        // Not counted by judge_batch; here it costs a retry.
+                        metrics::counter!(crate::metrics::REDIS_WRITE_ERRORS, crate::metrics::TENANT => encoder.tenant.to_string()).increment(1);
+                    }
                     // Whether it ran is unknown: a new session fences the old
                     // connection off and reads the watermark again.
                     tracing::warn!(tenant = %encoder.tenant, %error, retry_in_ms = delay.as_millis() as u64, "redis unavailable; replication waits until it is back");
