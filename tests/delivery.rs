@@ -778,3 +778,44 @@ fn without_redis_slow_clients_expiry_shutdown_and_a_thousand_subscribers() {
     let closed = ws_next(&mut ws);
     assert_eq!(closed["frame"][0], 1001, "{closed}");
 }
+
+#[test]
+fn a_rebuilt_mirror_tells_live_subscribers_where_the_stream_is_complete_from() {
+    let acme = TenantDb::start();
+    let redis = LocalRedis::start().expect("redis");
+    let port = walcast::localdev::free_port().unwrap();
+    let dir = TempDir::new("delivery-resync");
+    let (config, _) = config(&dir, port, Some(&redis), &[("acme", &acme)]);
+    let walcast = Walcast::spawn(&config, &["run"]);
+    walcast.wait_log("streaming tenant=", 1);
+    let op = operator("acme");
+    let sse = Sse::open(
+        &format!("http://127.0.0.1:{port}/v1/acme/events?table=public.tasks"),
+        &[format!("Authorization: Bearer {op}")],
+    );
+    acme.sql("insert into tasks (id, status) values (1, 'queued');");
+    assert_eq!(ids(&sse.changes(1)), [1]);
+
+    // Redis loses everything: walcast takes a new snapshot; the subscriber
+    // is told from where the stream is complete, the same id Redis says.
+    let mut con = redis_conn(&redis);
+    let _: () = redis::cmd("FLUSHALL").query(&mut con).unwrap();
+    // The first snapshot was at start; this is the second.
+    walcast.wait_log("snapshot complete", 2);
+    let frame = loop {
+        let frame = sse.next();
+        if frame.event.is_some() {
+            break frame;
+        }
+    };
+    assert_eq!(frame.event.as_deref(), Some("gap"), "{frame:?}");
+    let gap: Value = serde_json::from_str(&frame.data).unwrap();
+    assert_eq!(gap["reason"], "resync", "{gap}");
+    let complete_from: String = redis::cmd("HGET")
+        .arg("walcast:{acme}:applied")
+        .arg("complete_from_id")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(gap["resume_from"], complete_from.as_str(), "{gap}");
+    assert_ne!(complete_from, "0-0");
+}

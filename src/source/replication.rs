@@ -65,12 +65,6 @@ async fn authenticated(
 }
 
 impl PendingSession {
-    /// The position the session asks to stream from (`0/0` for a new slot:
-    /// the server then starts at the slot's consistent point).
-    pub fn start_lsn(&self) -> Lsn {
-        self.start
-    }
-
     /// Where the stream really starts: the consistent point of the slot this
     /// session created, else the requested position.
     pub fn streams_from(&self) -> Lsn {

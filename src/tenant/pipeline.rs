@@ -199,7 +199,7 @@ pub(super) async fn run_session(
         // A new snapshot: what live subscribers had may have a hole.
         feed.send(HubInput::Reset {
             complete_from: EventId {
-                commit_lsn: pending.start_lsn(),
+                commit_lsn: pending.streams_from(),
                 index: 0,
             },
         });
