@@ -55,13 +55,14 @@ pub enum ColumnKind {
 }
 
 impl ColumnKind {
-    /// The kind of a `pg_type.typcategory` letter.
+    /// The kind of a `pg_type.typcategory` letter, or `J` for json and
+    /// jsonb (which pg_type files under `U`, user-defined).
     pub fn from_category(category: u8) -> ColumnKind {
         match category {
             b'N' => ColumnKind::Number,
             b'B' => ColumnKind::Bool,
             b'D' => ColumnKind::Time,
-            b'A' | b'C' | b'R' | b'P' => ColumnKind::Structured,
+            b'A' | b'C' | b'R' | b'P' | b'J' => ColumnKind::Structured,
             _ => ColumnKind::Text,
         }
     }

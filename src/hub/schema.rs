@@ -41,10 +41,14 @@ impl Schema {
         client: &tokio_postgres::Client,
         publication: &str,
     ) -> Result<Schema, tokio_postgres::Error> {
-        // Domains carry their base type's category.
+        // Domains carry their base type's category. json and jsonb are
+        // category U (user-defined) in pg_type: marked J here, so that they
+        // are structured for filters, not text.
         let rows = client
             .query(
-                "select n.nspname::text, c.relname::text, a.attname::text, t.typcategory::text
+                "select n.nspname::text, c.relname::text, a.attname::text,
+                        case when t.oid in (114, 3802) or t.typbasetype in (114, 3802) then 'J'
+                             else t.typcategory::text end
                    from pg_publication_tables p
                    join pg_namespace n on n.nspname = p.schemaname
                    join pg_class c on c.relnamespace = n.oid and c.relname = p.tablename

@@ -178,6 +178,42 @@ async fn tls_item(
     Ok(())
 }
 
+/// Stored generated columns are not in pgoutput's rows (before PostgreSQL
+/// 18), so events and the mirror lack them: said once per table.
+async fn generated_columns_item(
+    client: &Client,
+    tenant: &TenantConfig,
+    report: &mut CheckReport,
+) -> Result<(), SourceError> {
+    for table in &tenant.tables {
+        let rows = client
+            .query(
+                "select a.attname::text from pg_attribute a \
+                 where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped and a.attgenerated <> '' \
+                 order by a.attnum",
+                &[&quote_table(table)],
+            )
+            .await
+            .map_err(|source| SourceError::Query {
+                tenant: tenant.id.clone(),
+                what: format!("reading the generated columns of {table}"),
+                source,
+            })?;
+        if !rows.is_empty() {
+            let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            report.push(
+                CheckLevel::Warn,
+                format!(
+                    "{table}: generated column(s) {} are not sent by logical replication, so events and the mirror do not carry them",
+                    names.join(", ")
+                ),
+                Some("compute them in the client, or make them ordinary columns the application writes".into()),
+            );
+        }
+    }
+    Ok(())
+}
+
 fn is_loopback(host: &str) -> bool {
     host == "localhost"
         || host
@@ -215,6 +251,7 @@ async fn run_checks(
         None,
     );
     tls_item(client, tenant, report).await?;
+    generated_columns_item(client, tenant, report).await?;
     match super::mirror_keys(client, tenant).await {
         Ok(_) => {}
         Err(SourceError::Setup { problem, fix, .. }) => {
