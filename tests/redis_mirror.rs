@@ -635,3 +635,84 @@ fn unchanged_toast_columns_are_filled_from_the_mirror() {
     let (status, _, stderr) = walcast.interrupt();
     assert!(status.success(), "{stderr}");
 }
+
+/// The raw stream entry of the tenant's `n`th event (0-based), as stored.
+fn raw_stream_event(con: &mut redis::Connection, n: usize) -> String {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("walcast:{acme}:events")
+        .arg("-")
+        .arg("+")
+        .query(con)
+        .unwrap();
+    entries[n]
+        .1
+        .iter()
+        .find(|(f, _)| f == "event")
+        .map(|(_, v)| v.clone())
+        .unwrap()
+}
+
+#[test]
+fn a_filled_toast_value_keeps_every_digit_in_both_mirror_formats() {
+    for format in ["hash", "json"] {
+        let redis = LocalRedis::start().expect("redis");
+        let acme = tenant("acme");
+        acme.db.sql(
+            "create table docs (id int primary key, status text, payload jsonb);
+             alter table docs alter column payload set storage external",
+        );
+        let dir = TempDir::new("redis-toast-exact");
+        let config = dir.write(
+            "walcast.toml",
+            &format!(
+                "[redis]\nurl = \"{}\"\n[[mirror]]\ntable = \"docs\"\nformat = \"{format}\"\n[[tenants]]\nid = \"acme\"\nurl = \"{}\"\ntables = [\"docs\"]\n",
+                redis.url(),
+                acme.db.url()
+            ),
+        );
+        let walcast = Walcast::spawn(&config, &["run"]);
+        walcast.wait_log("streaming tenant=", 1);
+        // Numbers no f64 holds, a float8-looking one, and keys jsonb orders
+        // by length: all must come back byte for byte.
+        acme.db.sql(
+            "insert into docs values (1, 'draft', jsonb_build_object(
+               'big', 123456789012345678901234567890::numeric,
+               'tiny', 1.00000000000000000001::numeric,
+               'f', 1.5996::numeric,
+               'neg', -9223372036854775809::numeric,
+               'pad', repeat('x', 6000)))",
+        );
+        acme.db.sql("update docs set status = 'final' where id = 1");
+        let mut con = redis_conn(&redis);
+        wait_until("both events", || stream_events(&mut con, "acme").len() >= 2);
+        let insert = raw_stream_event(&mut con, 0);
+        let update = raw_stream_event(&mut con, 1);
+        // new.payload as the bytes it was written with.
+        let payload = |event: &str| {
+            #[derive(serde::Deserialize)]
+            struct Event {
+                new: std::collections::HashMap<String, Box<serde_json::value::RawValue>>,
+            }
+            let event: Event = serde_json::from_str(event).unwrap();
+            event.new["payload"].get().to_owned()
+        };
+        assert_eq!(
+            payload(&update),
+            payload(&insert),
+            "{format}: {update:.300}"
+        );
+        for digits in [
+            "123456789012345678901234567890",
+            "1.00000000000000000001",
+            "1.5996",
+            "-9223372036854775809",
+        ] {
+            assert!(
+                update.contains(digits),
+                "{format}: {digits} in {update:.300}"
+            );
+        }
+        let (status, _, stderr) = walcast.interrupt();
+        assert!(status.success(), "{stderr}");
+    }
+}

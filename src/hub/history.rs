@@ -249,11 +249,11 @@ struct StoredShape {
     table: Option<String>,
     op: String,
     #[serde(default)]
-    new: Option<serde_json::Map<String, serde_json::Value>>,
+    new: Option<RawRow>,
     #[serde(default)]
-    old: Option<serde_json::Map<String, serde_json::Value>>,
+    old: Option<RawRow>,
     #[serde(default)]
-    key: Option<serde_json::Map<String, serde_json::Value>>,
+    key: Option<RawRow>,
 }
 
 fn stored(id: EventId, json: Bytes) -> Replayed {
@@ -289,29 +289,17 @@ fn stored(id: EventId, json: Bytes) -> Replayed {
     }
 }
 
-/// A JSON object (an event's row, a mirrored row) as a row image.
-pub fn json_row(map: serde_json::Map<String, serde_json::Value>) -> RowImage {
+/// A stored row's values as the bytes they were written with.
+type RawRow = std::collections::HashMap<String, Box<serde_json::value::RawValue>>;
+
+/// A JSON object (an event's row) as a row image, values unrounded
+/// (`Datum::from_json_text`).
+fn json_row(map: RawRow) -> RowImage {
     RowImage(
         map.into_iter()
-            .map(|(k, v)| (Arc::from(k.as_str()), json_datum(v)))
+            .map(|(k, v)| (Arc::from(k.as_str()), Datum::from_json_text(v.get())))
             .collect(),
     )
-}
-
-fn json_datum(value: serde_json::Value) -> Datum {
-    match value {
-        serde_json::Value::Null => Datum::Null,
-        serde_json::Value::Bool(b) => Datum::Bool(b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => Datum::Int(i),
-            None => n
-                .as_f64()
-                .map(Datum::Float)
-                .unwrap_or_else(|| Datum::Json(n.to_string())),
-        },
-        serde_json::Value::String(s) => Datum::Text(s),
-        other => Datum::Json(other.to_string()),
-    }
 }
 
 #[cfg(test)]

@@ -124,6 +124,34 @@ pub enum Datum {
     Object(Vec<(Arc<str>, Datum)>),
 }
 
+impl Datum {
+    /// A JSON value read back (from the mirror, `/state`) as a datum, with
+    /// no rounding: integers that fit stay integers, a float as the encoder
+    /// writes it parses back exactly, any other number (a jsonb
+    /// `1.00000000000000000001`) and every object or array stay their JSON
+    /// text, so the event writes the same bytes again.
+    pub fn from_json_text(raw: &str) -> Datum {
+        match raw.as_bytes().first() {
+            Some(b'"') => {
+                serde_json::from_str(raw).map_or_else(|_| Datum::Json(raw.to_owned()), Datum::Text)
+            }
+            Some(b'n') if raw == "null" => Datum::Null,
+            Some(b't') if raw == "true" => Datum::Bool(true),
+            Some(b'f') if raw == "false" => Datum::Bool(false),
+            Some(b'-' | b'0'..=b'9') => match raw.parse::<i64>() {
+                Ok(i) if i.to_string() == raw => Datum::Int(i),
+                _ => match raw.parse::<f64>() {
+                    // A float8 is written as the shortest text that reads
+                    // back as the same f64; any other number text is JSON.
+                    Ok(f) if serde_json::to_string(&f).is_ok_and(|t| t == raw) => Datum::Float(f),
+                    _ => Datum::Json(raw.to_owned()),
+                },
+            },
+            _ => Datum::Json(raw.to_owned()),
+        }
+    }
+}
+
 /// How the values of a type that is not a built-in scalar are built from
 /// other types, as the catalog (`pg_type`) describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1901,21 +1901,7 @@ impl EventSink for RedisSink {
 
 /// A mirrored row read back: hash fields or a JSON object, JSON values.
 fn parse_mirrored(value: &redis::Value, format: MirrorFormat) -> Option<RowImage> {
-    let to_datum = |text: &str| -> Datum {
-        match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(serde_json::Value::Null) => Datum::Null,
-            Ok(serde_json::Value::Bool(b)) => Datum::Bool(b),
-            Ok(serde_json::Value::String(s)) => Datum::Text(s),
-            Ok(serde_json::Value::Number(n)) if n.is_i64() => {
-                Datum::Int(n.as_i64().unwrap_or_default())
-            }
-            Ok(serde_json::Value::Number(n)) => n
-                .as_f64()
-                .map(Datum::Float)
-                .unwrap_or(Datum::Json(text.to_owned())),
-            _ => Datum::Json(text.to_owned()),
-        }
-    };
+    let to_datum = Datum::from_json_text;
     match (format, value) {
         (MirrorFormat::Hash, redis::Value::Array(items)) if !items.is_empty() => {
             let mut row = Vec::new();
@@ -1942,13 +1928,14 @@ fn parse_mirrored(value: &redis::Value, format: MirrorFormat) -> Option<RowImage
             Some(RowImage(row))
         }
         (MirrorFormat::Json, redis::Value::BulkString(text)) => {
-            let serde_json::Value::Object(map) = serde_json::from_slice(text).ok()? else {
-                return None;
-            };
+            // Each value as the bytes it was stored with (RawValue): no
+            // round trip through f64 or a re-ordered object.
+            let map: std::collections::HashMap<String, Box<serde_json::value::RawValue>> =
+                serde_json::from_slice(text).ok()?;
             Some(RowImage(
                 map.into_iter()
                     .filter(|(k, _)| k != "_event_id")
-                    .map(|(k, v)| (k.as_str().into(), to_datum(&v.to_string())))
+                    .map(|(k, v)| (k.as_str().into(), to_datum(v.get())))
                     .collect(),
             ))
         }
