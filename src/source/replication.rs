@@ -259,11 +259,17 @@ fn replication_error(
     source: PgWireError,
 ) -> SourceError {
     let text = source.to_string();
-    let tls_problem = super::tls::explain_failure(&text, tenant).or_else(|| {
-        (text.contains("no pg_hba.conf entry") && text.contains("no encryption"))
-            .then(|| super::tls::plain_refused(tenant))
-            .flatten()
-    });
+    // Only connecting negotiates TLS: a later error that happens to say
+    // "expired" is not about a certificate.
+    let tls_problem = (what == "connect")
+        .then(|| {
+            super::tls::explain_failure(&text, tenant).or_else(|| {
+                (text.contains("no pg_hba.conf entry") && text.contains("no encryption"))
+                    .then(|| super::tls::plain_refused(tenant))
+                    .flatten()
+            })
+        })
+        .flatten();
     if let Some((reason, fix)) = tls_problem {
         return SourceError::Tls {
             tenant: tenant.id.clone(),
