@@ -392,3 +392,34 @@ fn owning_the_tables_without_create_on_the_database_names_the_grant() {
     assert!(status.success(), "{stdout}");
     assert!(!stdout.contains("WARN"), "{stdout}");
 }
+
+#[test]
+fn a_role_that_does_not_own_the_tables_is_told_which_and_how() {
+    let db = TenantDb::start();
+    db.sql(
+        "create role streamer login replication; grant create on database platform to streamer; \
+         grant select on tasks, environments to streamer; alter table environments owner to streamer;",
+    );
+    let dir = TempDir::new("table-owner");
+    let config = dir.write(
+        "walcast.toml",
+        &format!(
+            "[[tenants]]\nid = \"acme\"\nurl = \"postgres://streamer@127.0.0.1:{}/platform\"\ntables = [\"tasks\", \"environments\"]\n",
+            db.pg.port()
+        ),
+    );
+    let (status, stdout, _) = walcast_output(&config, &["check"]);
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  role streamer does not own \"public\".\"tasks\": adding a table to a publication needs its owner"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ALTER TABLE \"public\".\"tasks\" OWNER TO \"streamer\";")
+            && !stdout.contains("\"environments\" OWNER"),
+        "{stdout}"
+    );
+    db.sql("alter table tasks owner to streamer");
+    let (_, stdout, _) = walcast_output(&config, &["check"]);
+    assert!(!stdout.contains("does not own"), "{stdout}");
+}

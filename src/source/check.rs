@@ -350,6 +350,56 @@ async fn run_checks(
         .map(quote_table)
         .collect();
     let may_create = all_tables.is_some() || may_create_in_database(client, tenant).await?;
+    // CREATE and ALTER PUBLICATION … TABLE need the role to own each table
+    // it adds (or to be a member of the owning role).
+    let to_publish: Vec<&crate::model::TableName> = match all_tables {
+        Some(true) => Vec::new(),
+        Some(false) => {
+            let published = published_tables(client, tenant).await?;
+            tenant
+                .tables
+                .iter()
+                .filter(exists)
+                .filter(|t| !published.contains(t))
+                .collect()
+        }
+        None => tenant.tables.iter().filter(exists).collect(),
+    };
+    let mut not_owned = Vec::new();
+    for table in to_publish {
+        let row = client
+            .query_opt(
+                "select 1 from pg_class c where c.oid = to_regclass($1) \
+                 and not pg_has_role(current_user, c.relowner, 'USAGE')",
+                &[&quote_table(table)],
+            )
+            .await
+            .map_err(|source| SourceError::Query {
+                tenant: tenant.id.clone(),
+                what: format!("reading the owner of {table}"),
+                source,
+            })?;
+        if row.is_some() {
+            not_owned.push(quote_table(table));
+        }
+    }
+    if !not_owned.is_empty() {
+        report.push(
+            CheckLevel::Fail,
+            format!(
+                "role {user} does not own {}: adding a table to a publication needs its owner",
+                not_owned.join(", ")
+            ),
+            Some(format!(
+                "{}  (as the owner or a superuser), or run `walcast setup` once as the tables' owner",
+                not_owned
+                    .iter()
+                    .map(|t| format!("ALTER TABLE {t} OWNER TO {};", quote_ident(&user)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )),
+        );
+    }
     match all_tables {
         None if tables.is_empty() => report.push(
             CheckLevel::Warn,
