@@ -17,6 +17,52 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// Why a TLS peer's certificate was refused, read off the error's text
+/// (rustls's, as tokio-postgres, pgwire-replication and redis-rs pass it on;
+/// none of them keeps the typed error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertFailure {
+    UnknownCa,
+    NameMismatch,
+    NotYetValid,
+    Expired,
+    /// The server asks for a client certificate and got none.
+    ClientCertRequired,
+    /// Some other reason the certificate does not verify.
+    Other,
+}
+
+/// The certificate failure `text` describes, if it is one.
+pub fn cert_failure(text: &str) -> Option<CertFailure> {
+    let lower = text.to_ascii_lowercase();
+    let has = |signs: &[&str]| signs.iter().any(|s| lower.contains(s));
+    if has(&["unknownissuer", "unknown issuer"]) {
+        Some(CertFailure::UnknownCa)
+    } else if has(&["notvalidforname", "not valid for name"]) {
+        Some(CertFailure::NameMismatch)
+    } else if has(&["notvalidyet", "not valid yet", "not valid before"]) {
+        Some(CertFailure::NotYetValid)
+    } else if has(&["expired"]) {
+        Some(CertFailure::Expired)
+    } else if has(&[
+        "certificaterequired",
+        "certificate required",
+        // Postgres's own refusal under `cert` authentication.
+        "requires a valid client certificate",
+    ]) {
+        Some(CertFailure::ClientCertRequired)
+    } else if has(&[
+        "invalid peer certificate",
+        "badsignature",
+        "causedasendentity",
+        "caused as end entity",
+    ]) {
+        Some(CertFailure::Other)
+    } else {
+        None
+    }
+}
+
 /// The text a panic was raised with.
 pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic

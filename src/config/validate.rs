@@ -595,14 +595,9 @@ pub(super) fn validate(
             let tls = match (&server.tls_cert_file, &server.tls_key_file) {
                 (None, None) => None,
                 (Some(cert), Some(key)) => {
+                    let base = path.parent().unwrap_or(Path::new(""));
                     let file = |value: &Spanned<String>, key: &str| {
-                        let path = path.parent().unwrap_or(Path::new("")).join(value.get_ref());
-                        std::fs::File::open(&path).map(|_| path.clone()).map_err(|err| {
-                            at(
-                                value.span(),
-                                format!("could not read {key} {}: {err}; check the path (relative paths start at the config file's directory) and that the walcast user may read it", path.display()),
-                            )
-                        })
+                        readable_file(base, value, key).map_err(|(span, m)| at(span, m))
                     };
                     Some(super::ServerTlsFiles {
                         cert_file: file(cert, "tls_cert_file")?,
@@ -699,6 +694,22 @@ pub(super) fn validate(
 
 pub(super) type SpanError = (std::ops::Range<usize>, String);
 
+/// The path of a file a key names (relative to the config file's
+/// directory), once it opens for reading.
+fn readable_file(
+    base_dir: &Path,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<PathBuf, SpanError> {
+    let path = base_dir.join(value.get_ref());
+    std::fs::File::open(&path).map(|_| path.clone()).map_err(|err| {
+        (
+            value.span(),
+            format!("could not read {key} {}: {err}; check the path (relative paths start at the config file's directory) and that the walcast user may read it", path.display()),
+        )
+    })
+}
+
 fn redis_config(
     raw: &RawRedis,
     env: &dyn Fn(&str) -> Option<String>,
@@ -769,15 +780,7 @@ fn redis_config(
         Some(v) => Some(Duration::from_secs(*v.get_ref())),
         None => None,
     };
-    let file = |value: &Spanned<String>, key: &str| -> Result<PathBuf, SpanError> {
-        let path = base_dir.join(value.get_ref());
-        std::fs::File::open(&path).map(|_| path.clone()).map_err(|err| {
-            (
-                value.span(),
-                format!("could not read {key} {}: {err}; check the path (relative paths start at the config file's directory) and that the walcast user may read it", path.display()),
-            )
-        })
-    };
+    let file = |value: &Spanned<String>, key: &str| readable_file(base_dir, value, key);
     let ca_file = raw
         .tls_ca_file
         .as_ref()

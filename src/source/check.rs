@@ -185,31 +185,32 @@ async fn generated_columns_item(
     tenant: &TenantConfig,
     report: &mut CheckReport,
 ) -> Result<(), SourceError> {
-    for table in &tenant.tables {
-        let rows = client
-            .query(
-                "select a.attname::text from pg_attribute a \
-                 where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped and a.attgenerated <> '' \
-                 order by a.attnum",
-                &[&quote_table(table)],
-            )
-            .await
-            .map_err(|source| SourceError::Query {
-                tenant: tenant.id.clone(),
-                what: format!("reading the generated columns of {table}"),
-                source,
-            })?;
-        if !rows.is_empty() {
-            let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-            report.push(
-                CheckLevel::Warn,
-                format!(
-                    "{table}: generated column(s) {} are not sent by logical replication, so events and the mirror do not carry them",
-                    names.join(", ")
-                ),
-                Some("compute them in the client, or make them ordinary columns the application writes".into()),
-            );
-        }
+    let quoted: Vec<String> = tenant.tables.iter().map(quote_table).collect();
+    let rows = client
+        .query(
+            "select n, string_agg(a.attname::text, ', ' order by a.attnum) \
+             from unnest($1::text[]) with ordinality u(t, n) \
+             join pg_attribute a on a.attrelid = to_regclass(t) \
+             where a.attnum > 0 and not a.attisdropped and a.attgenerated <> '' \
+             group by n order by n",
+            &[&quoted],
+        )
+        .await
+        .map_err(|source| SourceError::Query {
+            tenant: tenant.id.clone(),
+            what: "reading the generated columns of the tables".into(),
+            source,
+        })?;
+    for row in rows {
+        let (n, names): (i64, String) = (row.get(0), row.get(1));
+        let table = &tenant.tables[(n - 1) as usize];
+        report.push(
+            CheckLevel::Warn,
+            format!(
+                "{table}: generated column(s) {names} are not sent by logical replication, so events and the mirror do not carry them"
+            ),
+            Some("compute them in the client, or make them ordinary columns the application writes".into()),
+        );
     }
     Ok(())
 }
@@ -350,9 +351,10 @@ async fn run_checks(
         .map(quote_table)
         .collect();
     let may_create = all_tables.is_some() || may_create_in_database(client, tenant).await?;
-    // CREATE and ALTER PUBLICATION … TABLE need the role to own each table
-    // it adds (or to be a member of the owning role).
-    let to_publish: Vec<&crate::model::TableName> = match all_tables {
+    // The tables a publication still needs (all of them when it does not
+    // exist): CREATE and ALTER PUBLICATION … TABLE need the role to own
+    // each (or to be a member of the owning role).
+    let to_publish: Vec<String> = match all_tables {
         Some(true) => Vec::new(),
         Some(false) => {
             let published = published_tables(client, tenant).await?;
@@ -361,28 +363,23 @@ async fn run_checks(
                 .iter()
                 .filter(exists)
                 .filter(|t| !published.contains(t))
+                .map(quote_table)
                 .collect()
         }
-        None => tenant.tables.iter().filter(exists).collect(),
+        None => tables.clone(),
     };
-    let mut not_owned = Vec::new();
-    for table in to_publish {
-        let row = client
-            .query_opt(
-                "select 1 from pg_class c where c.oid = to_regclass($1) \
-                 and not pg_has_role(current_user, c.relowner, 'USAGE')",
-                &[&quote_table(table)],
-            )
-            .await
-            .map_err(|source| SourceError::Query {
-                tenant: tenant.id.clone(),
-                what: format!("reading the owner of {table}"),
-                source,
-            })?;
-        if row.is_some() {
-            not_owned.push(quote_table(table));
-        }
-    }
+    let not_owned: Vec<String> = client
+        .query(
+            "select t from unnest($1::text[]) with ordinality u(t, n) \
+             join pg_class c on c.oid = to_regclass(t) \
+             where not pg_has_role(current_user, c.relowner, 'USAGE') order by n",
+            &[&to_publish],
+        )
+        .await
+        .map_err(q("reading the owners of the tables"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     if !not_owned.is_empty() {
         report.push(
             CheckLevel::Fail,
@@ -435,19 +432,8 @@ async fn run_checks(
                 tables.join(", ")
             )),
         ),
-        Some(all) => {
-            let published = if all {
-                Vec::new()
-            } else {
-                published_tables(client, tenant).await?
-            };
-            let missing: Vec<String> = tenant
-                .tables
-                .iter()
-                .filter(exists)
-                .filter(|t| !all && !published.contains(t))
-                .map(quote_table)
-                .collect();
+        Some(_) => {
+            let missing = &to_publish;
             if missing.is_empty() {
                 report.push(
                     CheckLevel::Ok,

@@ -242,60 +242,54 @@ impl ServerCertVerifier for ChainOnly {
 /// What a TLS failure's text (of either driver) means, and what to change;
 /// `None` when it is not a TLS failure walcast knows.
 pub fn explain_failure(text: &str, tenant: &TenantConfig) -> Option<Problem> {
-    let lower = text.to_ascii_lowercase();
+    use crate::report::{cert_failure, CertFailure};
     let host = match &tenant.pg.host {
         PgHost::Tcp(host) => host.clone(),
         PgHost::Unix(dir) => dir.display().to_string(),
     };
-    let mode = tenant.pg.tls.mode.as_str();
-    if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
-        Some((
+    let problem = match cert_failure(text) {
+        Some(CertFailure::UnknownCa) => (
             format!("the certificate of {host} is not signed by a CA walcast trusts (unknown CA)"),
-            "set sslrootcert=PATH in the url to the CA certificate that signed it (sslrootcert=system: the system's CAs)".into(),
-        ))
-    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
-        Some((
+            "set sslrootcert=PATH in the url to the CA certificate that signed it (sslrootcert=system: the system's CAs)",
+        ),
+        Some(CertFailure::NameMismatch) => (
             format!("the certificate of {host} is not for that name (name mismatch)"),
-            "connect with a host name the certificate lists, or use sslmode=verify-ca to check only the CA".into(),
-        ))
-    } else if lower.contains("notvalidyet")
-        || lower.contains("not valid yet")
-        || lower.contains("not valid before")
-    {
-        Some((
+            "connect with a host name the certificate lists, or use sslmode=verify-ca to check only the CA",
+        ),
+        Some(CertFailure::NotYetValid) => (
             format!("the certificate of {host} is not valid yet"),
-            "check the clocks of this host and the server, or the certificate's start date".into(),
-        ))
-    } else if lower.contains("expired") {
-        Some((
+            "check the clocks of this host and the server, or the certificate's start date",
+        ),
+        Some(CertFailure::Expired) => (
             format!("the certificate of {host} has expired"),
-            "renew the server's certificate (ssl_cert_file in postgresql.conf) and reload Postgres"
-                .into(),
-        ))
-    } else if lower.contains("certificaterequired")
-        || lower.contains("certificate required")
-        || lower.contains("requires a valid client certificate")
-    {
-        Some((
+            "renew the server's certificate (ssl_cert_file in postgresql.conf) and reload Postgres",
+        ),
+        Some(CertFailure::ClientCertRequired) => (
             format!("{host} asks for a client certificate"),
-            "give sslcert=PATH and sslkey=PATH in the url".into(),
-        ))
-    } else if lower.contains("does not support tls")
-        || lower.contains("server does not support ssl")
-        || lower.contains("sslrequest rejected")
-    {
-        Some((
-            format!("{host} does not accept TLS connections (sslmode={mode})"),
-            "turn on ssl in the server's postgresql.conf, or use sslmode=prefer to connect without TLS".into(),
-        ))
-    } else if lower.contains("invalid peer certificate") || lower.contains("badsignature") {
-        Some((
+            "give sslcert=PATH and sslkey=PATH in the url",
+        ),
+        Some(CertFailure::Other) => (
             format!("the certificate of {host} does not verify ({text})"),
-            "check sslrootcert and the server's certificate".into(),
-        ))
-    } else {
-        None
-    }
+            "check sslrootcert and the server's certificate",
+        ),
+        None => {
+            let lower = text.to_ascii_lowercase();
+            if !["does not support tls", "server does not support ssl", "sslrequest rejected"]
+                .iter()
+                .any(|s| lower.contains(s))
+            {
+                return None;
+            }
+            (
+                format!(
+                    "{host} does not accept TLS connections (sslmode={})",
+                    tenant.pg.tls.mode.as_str()
+                ),
+                "turn on ssl in the server's postgresql.conf, or use sslmode=prefer to connect without TLS",
+            )
+        }
+    };
+    Some((problem.0, problem.1.to_owned()))
 }
 
 /// The server turned a plain connection away ("no pg_hba.conf entry …, no

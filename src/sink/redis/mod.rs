@@ -120,23 +120,15 @@ pub fn client(config: &RedisConfig) -> RedisResult<redis::Client> {
 /// What a failed `rediss://` connection's error text means for the
 /// operator, when it is about the certificate.
 pub fn tls_problem(text: &str) -> Option<&'static str> {
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
-        Some("redis's certificate is not signed by a CA walcast trusts (unknown CA): set [redis] tls_ca_file to the CA certificate that signed it")
-    } else if lower.contains("notvalidforname") || lower.contains("not valid for name") {
-        Some("redis's certificate is not for the host in [redis] url (name mismatch): write the host name the certificate names")
-    } else if lower.contains("expired") {
-        Some("redis's certificate has expired: renew it (tls-cert-file in redis.conf)")
-    } else if lower.contains("certificaterequired") || lower.contains("certificate required") {
-        Some("redis asks for a client certificate (tls-auth-clients): set [redis] tls_cert_file and tls_key_file")
-    } else if lower.contains("invalid peer certificate")
-        || lower.contains("caused as end entity")
-        || lower.contains("causedasendentity")
-    {
-        Some("redis's certificate does not verify: check [redis] tls_ca_file and the server's certificate")
-    } else {
-        None
-    }
+    use crate::report::{cert_failure, CertFailure};
+    Some(match cert_failure(text)? {
+        CertFailure::UnknownCa => "redis's certificate is not signed by a CA walcast trusts (unknown CA): set [redis] tls_ca_file to the CA certificate that signed it",
+        CertFailure::NameMismatch => "redis's certificate is not for the host in [redis] url (name mismatch): write the host name the certificate names",
+        CertFailure::NotYetValid => "redis's certificate is not valid yet: check the clocks of this host and Redis's, or the certificate's start date",
+        CertFailure::Expired => "redis's certificate has expired: renew it (tls-cert-file in redis.conf)",
+        CertFailure::ClientCertRequired => "redis asks for a client certificate (tls-auth-clients): set [redis] tls_cert_file and tls_key_file",
+        CertFailure::Other => "redis's certificate does not verify: check [redis] tls_ca_file and the server's certificate",
+    })
 }
 
 /// Connects to Redis (with the configured timeouts) and checks it answers.
